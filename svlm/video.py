@@ -10,7 +10,7 @@ __all__ = ['write_test_clip', 'frame_index', 'smart_resize', 'VideoInfo', 'probe
            'IteratorSource', 'FileSource', 'WebcamSource', 'SourceError', 'ThreadedSource', 'iter_chunks',
            'bench_decode']
 
-# %% ../nbs/02_video.ipynb #b635080c
+# %% ../nbs/02_video.ipynb #35b1d4b5
 import math, os, re, sys, tempfile, threading, time
 from collections import deque
 from contextlib import contextmanager
@@ -21,7 +21,7 @@ from fastcore.basics import patch
 from .core import InputError, atomic_write, VideoConfig, Timer
 from decord import VideoReader, cpu
 
-# %% ../nbs/02_video.ipynb #0e9667a2
+# %% ../nbs/02_video.ipynb #cf28e08a
 def write_test_clip(path,                # where to write the mp4
                     duration:float=4.0,  # seconds
                     fps:int=10,          # frames per second of the file
@@ -61,7 +61,7 @@ def frame_index(frame:np.ndarray) -> int:
     m = max(1, bw // 6)
     return sum(int(frame[1:band-1, b*bw+m:(b+1)*bw-m].mean() > 128) << b for b in range(9))
 
-# %% ../nbs/02_video.ipynb #e4c40792
+# %% ../nbs/02_video.ipynb #c41643c0
 def smart_resize(height:int,                # source height in pixels
                  width:int,                 # source width in pixels
                  factor:int=28,             # both output sides are multiples of this
@@ -84,7 +84,7 @@ def smart_resize(height:int,                # source height in pixels
         w = math.ceil(width * beta / factor) * factor
     return h, w
 
-# %% ../nbs/02_video.ipynb #0f3bbc05
+# %% ../nbs/02_video.ipynb #168cd7a1
 _FD2_LOCK = threading.RLock()
 
 @contextmanager
@@ -123,7 +123,7 @@ def _open(path, size:tuple[int,int]|None=None) -> VideoReader:
         except Exception as e: exc = e
     raise InputError(f"decord cannot open it: {_decord_reason(exc, err[0])}", path)
 
-# %% ../nbs/02_video.ipynb #c71bbf1d
+# %% ../nbs/02_video.ipynb #55aa7c81
 @dataclass
 class VideoInfo:
     path: str          # the file
@@ -154,7 +154,7 @@ def probe(path) -> VideoInfo:
     "Frame rate, frame count, duration and size of a video file"
     return _info(_open(path), path)
 
-# %% ../nbs/02_video.ipynb #3d41394e
+# %% ../nbs/02_video.ipynb #cf785d47
 def sample_times(duration:float,      # seconds of video available
                  start:float=0.0,     # first sample time, seconds
                  end:float|None=None, # samples stay before this time (None: the end of the video; later ends are clipped to it)
@@ -170,7 +170,7 @@ def sample_times(duration:float,      # seconds of video available
     n = math.ceil(round((min(end, duration) - start) * fps, 6))
     return start + np.arange(n) / fps
 
-# %% ../nbs/02_video.ipynb #1e8bc609
+# %% ../nbs/02_video.ipynb #83e775a9
 def nearest_frames(starts:np.ndarray,  # (N,) increasing start times of the source frames
                    times:np.ndarray    # (T,) sample times
                   )->np.ndarray:       # (T,) int64 source frame indices
@@ -180,7 +180,7 @@ def nearest_frames(starts:np.ndarray,  # (N,) increasing start times of the sour
     j = np.clip(np.searchsorted(starts, times), 1, len(starts) - 1)
     return np.where(times - starts[j-1] <= starts[j] - times, j - 1, j).astype(np.int64)
 
-# %% ../nbs/02_video.ipynb #fab56e2c
+# %% ../nbs/02_video.ipynb #5cc76a28
 def _target_size(info:VideoInfo, size, cfg:VideoConfig) -> tuple[int,int]:
     "`size` checked, or the `smart_resize` of the source under `cfg`'s budget"
     if size is None: return smart_resize(info.height, info.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
@@ -212,7 +212,7 @@ def read_frames(path,                         # video file
     except Exception as e: raise InputError(f"cannot decode frames {idx[0]}-{idx[-1]}: {_decord_reason(e)}", path) from None
     return times, frames
 
-# %% ../nbs/02_video.ipynb #4fb10afd
+# %% ../nbs/02_video.ipynb #81f740a6
 def show_filmstrip(times:np.ndarray,         # (T,) seconds
                    frames:np.ndarray,        # (T, H, W, 3) uint8
                    n:int=8,                  # at most this many frames, evenly spaced
@@ -227,7 +227,7 @@ def show_filmstrip(times:np.ndarray,         # (T,) seconds
     plt.close(fig)
     return fig
 
-# %% ../nbs/02_video.ipynb #944d811f
+# %% ../nbs/02_video.ipynb #750add69
 @dataclass(repr=False)
 class FrameChunk:
     start: float        # seconds, absolute video time (inclusive)
@@ -240,7 +240,7 @@ class FrameChunk:
         hw = "x".join(map(str, self.frames.shape[1:3]))
         return f"FrameChunk({self.start:g}-{self.end:g}s, {len(self)} frames {hw})"
 
-# %% ../nbs/02_video.ipynb #b7c5b176
+# %% ../nbs/02_video.ipynb #7940e537
 _EPS = 1e-6   # seconds: frame times and window boundaries closer than this are equal
 
 def _check_window(chunk:float, overlap:float) -> float:
@@ -278,7 +278,7 @@ def chunk_frames(times:np.ndarray,    # (T,) increasing seconds
     _check_window(chunk, overlap)
     return _chunks(zip(times, frames), chunk, overlap)
 
-# %% ../nbs/02_video.ipynb #d84115ca
+# %% ../nbs/02_video.ipynb #3e7a2901
 def plot_chunks(chunks,                # `FrameChunk`s
                 ax=None,               # matplotlib axes (None: a new small figure)
                 title:str|None=None):
@@ -293,7 +293,7 @@ def plot_chunks(chunks,                # `FrameChunk`s
     if title: ax.set_title(title, fontsize=10)
     return ax
 
-# %% ../nbs/02_video.ipynb #4d4dc742
+# %% ../nbs/02_video.ipynb #82fd8d53
 class FrameBuffer:
     "The last `max_frames` `(t, frame)` pairs of a stream"
     def __init__(self, max_frames:int):
@@ -313,7 +313,7 @@ class FrameBuffer:
         span = f", {self._buf[0][0]:g}-{self._buf[-1][0]:g}s" if self._buf else ""
         return f"FrameBuffer({len(self)}/{self.max_frames} frames{span})"
 
-# %% ../nbs/02_video.ipynb #aa0a4c14
+# %% ../nbs/02_video.ipynb #4963b3b9
 class FrameSource:
     "Base for live frame sources: iterate for `(t, frame)` pairs; `close()` (thread-safe) stops the iteration"
     def __init__(self): self._closed = threading.Event()
@@ -336,7 +336,7 @@ class IteratorSource(FrameSource):
         finally:
             if hasattr(it, "close"): it.close()
 
-# %% ../nbs/02_video.ipynb #da7eb63c
+# %% ../nbs/02_video.ipynb #7c37728a
 class FileSource(FrameSource):
     "Frames of a video file decoded one at a time at `fps`, optionally paced at wall-clock speed"
     def __init__(self, path,                          # video file
@@ -367,7 +367,7 @@ class FileSource(FrameSource):
 
     def __repr__(self): return f"FileSource({Path(self.path).name}, {self.fps:g} fps, {self.size[0]}x{self.size[1]}, {len(self.times)} frames)"
 
-# %% ../nbs/02_video.ipynb #b314f238
+# %% ../nbs/02_video.ipynb #96119e1a
 def _import_cv2():
     try: import cv2
     except ImportError:
@@ -407,7 +407,7 @@ class WebcamSource(FrameSource):
                 yield t, rgb
         finally: cap.release()
 
-# %% ../nbs/02_video.ipynb #8fd19783
+# %% ../nbs/02_video.ipynb #623b2826
 class SourceError(RuntimeError):
     "A frame source failed; `t` is the time of its last good frame (None if it failed before the first)"
     def __init__(self, t:float|None, cause:BaseException):
@@ -419,9 +419,9 @@ class ThreadedSource(FrameSource):
     "Read `source` on a thread into a queue, so that a slow consumer never blocks it"
     def __init__(self, source,                  # any frame source
                  maxsize:int=64,               # frames the queue holds with 'drop_oldest'
-                 policy:str="drop_oldest"):    # 'drop_oldest': bounded, oldest dropped; 'keep': unbounded
+                 policy:str="drop_oldest"):    # 'drop_oldest': bounded, oldest dropped; 'keep': unbounded; 'block': bounded, the reader waits
         super().__init__()
-        if policy not in ("drop_oldest", "keep"): raise InputError(f"unknown policy {policy!r} (use 'drop_oldest' or 'keep')", field="policy")
+        if policy not in ("drop_oldest", "keep", "block"): raise InputError(f"unknown policy {policy!r} (use 'drop_oldest', 'keep' or 'block')", field="policy")
         if maxsize < 1: raise InputError(f"maxsize must be at least 1, got {maxsize}", field="maxsize")
         self.source, self.maxsize, self.policy = source, maxsize, policy
         self._q, self._cv, self._thread = deque(), threading.Condition(), None
@@ -435,7 +435,7 @@ class ThreadedSource(FrameSource):
             self._thread.start()
         return self
 
-# %% ../nbs/02_video.ipynb #959644d4
+# %% ../nbs/02_video.ipynb #72ff6862
 @patch
 def _read(self:ThreadedSource):
     "Reader thread: pull `(t, frame)` from the source into the queue"
@@ -443,6 +443,7 @@ def _read(self:ThreadedSource):
     try:
         for t, frame in it:
             with self._cv:
+                while self.policy == "block" and len(self._q) >= self.maxsize and not self.closed: self._cv.wait(0.1)
                 if self.policy == "drop_oldest" and len(self._q) >= self.maxsize:
                     self._q.popleft(); self.dropped += 1
                 self._q.append((t, frame))
@@ -466,7 +467,7 @@ def __iter__(self:ThreadedSource):
         while True:
             with self._cv:
                 while not self._q and not self._done and not self.closed: self._cv.wait(0.1)
-                if self._q: item = self._q.popleft(); self.consumed += 1
+                if self._q: item = self._q.popleft(); self.consumed += 1; self._cv.notify_all()
                 elif self._error is not None: raise SourceError(self.last_t, self._error) from self._error
                 else: return
             yield item
@@ -491,7 +492,7 @@ def __repr__(self:ThreadedSource):
     return (f"ThreadedSource({self.policy}, maxsize={self.maxsize}: produced {self.produced}, "
             f"consumed {self.consumed}, dropped {self.dropped}, peak queue {self.peak})")
 
-# %% ../nbs/02_video.ipynb #ad70095f
+# %% ../nbs/02_video.ipynb #663fe6a9
 def iter_chunks(source,              # any iterable of (t, frame): a frame source
                 chunk:float=1.0,     # window length, seconds
                 overlap:float=0.0):  # seconds shared by consecutive windows (< chunk)
@@ -499,7 +500,7 @@ def iter_chunks(source,              # any iterable of (t, frame): a frame sourc
     _check_window(chunk, overlap)
     return _chunks(source, chunk, overlap)
 
-# %% ../nbs/02_video.ipynb #e56ee152
+# %% ../nbs/02_video.ipynb #a96a46a6
 def bench_decode(path,                          # video file
                  fps:float|None=None,           # samples per second (None: `cfg.fps`)
                  cfg:VideoConfig|None=None,     # fps and pixel budget
