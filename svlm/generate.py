@@ -10,7 +10,7 @@ __all__ = ['generation_stream', 'repetition_penalty', 'make_logits_processors', 
            'stop_ids_of', 'stream_generate', 'Generation', 'generate', 'BatchGeneration', 'batch_generate',
            'bench_generate']
 
-# %% ../nbs/07_generate.ipynb #0048fd85
+# %% ../nbs/07_generate.ipynb #ab4e8858
 import svlm
 import math, statistics, tempfile, time
 from dataclasses import dataclass, field, replace
@@ -21,7 +21,7 @@ from .core import InputError, SamplingConfig
 from .model import KVCache, causal_mask
 from .tokenizer import StreamDetokenizer
 
-# %% ../nbs/07_generate.ipynb #3f27efcd
+# %% ../nbs/07_generate.ipynb #4a3027bc
 def repetition_penalty(penalty:float,   # > 1 makes repeats less likely; 1 does nothing
                        context:int=64,  # how many of the most recent tokens count
                       ) -> Callable:
@@ -35,12 +35,12 @@ def repetition_penalty(penalty:float,   # > 1 makes repeats less likely; 1 does 
         return mx.put_along_axis(logits, idx, sel.astype(logits.dtype), axis=-1)
     return process
 
-# %% ../nbs/07_generate.ipynb #c965475f
+# %% ../nbs/07_generate.ipynb #2c082a4e
 def make_logits_processors(config:SamplingConfig) -> list:
     "The logits processors a `SamplingConfig` asks for, in the order they run"
     return [] if config.repetition_penalty == 1 else [repetition_penalty(config.repetition_penalty, config.repetition_context)]
 
-# %% ../nbs/07_generate.ipynb #7009b307
+# %% ../nbs/07_generate.ipynb #3b89ec07
 def top_k_filter(logprobs, k:int):
     "Keep the `k` most likely tokens of each row"
     V = logprobs.shape[-1]
@@ -64,7 +64,7 @@ def min_p_filter(logprobs, min_p:float):
     thr = logprobs.max(axis=-1, keepdims=True) + math.log(min_p)
     return mx.where(logprobs < thr, mx.array(-mx.inf, logprobs.dtype), logprobs)
 
-# %% ../nbs/07_generate.ipynb #1ac39715
+# %% ../nbs/07_generate.ipynb #5bbab1bf
 def greedy(logprobs, key=None):
     "The most likely token of each row"
     return mx.argmax(logprobs, axis=-1)
@@ -87,7 +87,7 @@ def sampler_from(config:SamplingConfig) -> Callable:
     "The sampler a `SamplingConfig` asks for"
     return make_sampler(config.temperature, config.top_p, config.top_k, config.min_p)
 
-# %% ../nbs/07_generate.ipynb #bf223d73
+# %% ../nbs/07_generate.ipynb #2518f896
 generation_stream = mx.new_thread_local_stream(mx.default_device())  # the stream generation runs on (as mlx-lm's)
 
 def _forward(model, ids, cache, embeddings=None, mask=None, logits:bool=True):
@@ -100,14 +100,14 @@ def _forward(model, ids, cache, embeddings=None, mask=None, logits:bool=True):
     out = model(ids, cache=cache, **kw)                               # any mlx-lm model: lazily, unused positions never run
     return out[:, -1, :] if logits else None
 
-# %% ../nbs/07_generate.ipynb #293cb548
+# %% ../nbs/07_generate.ipynb #ed4ad6ea
 def padded_mask(T:int, offset:int, left_padding) -> mx.array:
     "Mask (B, 1, T, offset+T) for left-padded rows: causal, pad keys hidden, each pad query sees only itself"
     m = causal_mask(T, offset, left_padding=left_padding)
     q, k = mx.arange(offset, offset + T)[:, None], mx.arange(offset + T)[None]
     return m | (q == k)
 
-# %% ../nbs/07_generate.ipynb #2870c994
+# %% ../nbs/07_generate.ipynb #411f2269
 def _history(prompt, left_padding, n:int):
     "The last `n` real tokens of each row of `prompt` (B, T), as (B, ≤n)"
     if left_padding is None or not any(left_padding): return prompt[:, -n:]
@@ -117,7 +117,7 @@ def _history(prompt, left_padding, n:int):
         rows.append(mx.concatenate([mx.broadcast_to(real[:1], (min(n, prompt.shape[1]) - real.shape[0],)), real]))
     return mx.stack(rows)
 
-# %% ../nbs/07_generate.ipynb #a8372260
+# %% ../nbs/07_generate.ipynb #80cc92e2
 def generate_step(model,                       # svlm `Model` or any mlx-lm-style model
                   prompt,                      # token ids (T,) or (B, T); left-padded rows when `left_padding` is given
                   cache=None,                  # per-layer caches (None: `model.make_cache()`); updated in place
@@ -179,7 +179,7 @@ def generate_step(model,                       # svlm `Model` or any mlx-lm-styl
         y, lp = ny, nlp
         n += 1
 
-# %% ../nbs/07_generate.ipynb #92eaf277
+# %% ../nbs/07_generate.ipynb #975aed8a
 @dataclass
 class GenerationStep:
     "One generated token with its text and the statistics so far"
@@ -193,7 +193,7 @@ class GenerationStep:
     peak_memory_gb: float             # `mx.get_peak_memory()` / 1e9
     finish_reason: str|None = None    # 'stop' (a stop id), 'length' (max_new_tokens) or None
 
-# %% ../nbs/07_generate.ipynb #9d1e08ea
+# %% ../nbs/07_generate.ipynb #42e326fa
 def prompt_ids(tokenizer, prompt) -> mx.array:
     "Token ids (1, T) of a string, list or array prompt"
     if isinstance(prompt, str): prompt = tokenizer.encode(prompt)
@@ -208,7 +208,7 @@ def stop_ids_of(tokenizer, stop_ids=None) -> set[int]:
     sp = tokenizer.special_ids
     return {sp[s] for s in ("<|im_end|>", "<|endoftext|>") if s in sp}
 
-# %% ../nbs/07_generate.ipynb #9a4f5f94
+# %% ../nbs/07_generate.ipynb #3aaa5b78
 def stream_generate(model,                         # svlm `Model` (or any mlx-lm-style model)
                     tokenizer,                     # an `svlm.tokenizer` tokenizer
                     prompt,                        # string, ids (T,) / (1, T)
@@ -240,7 +240,7 @@ def stream_generate(model,                         # svlm `Model` (or any mlx-lm
                              "stop" if stop else "length" if last else None)
         if stop: break
 
-# %% ../nbs/07_generate.ipynb #615d1fe1
+# %% ../nbs/07_generate.ipynb #f0273a1e
 @dataclass
 class Generation:
     "A whole generated reply with mlx-lm's statistics"
@@ -265,7 +265,7 @@ def generate(model, tokenizer, prompt, **kwargs) -> Generation:
     return Generation("".join(x.text for x in steps), [x.token for x in steps], [x.logprob for x in steps], s.finish_reason,
                       s.prompt_tokens, s.prompt_tps, len(steps), s.generation_tps, s.peak_memory_gb)
 
-# %% ../nbs/07_generate.ipynb #a82dfead
+# %% ../nbs/07_generate.ipynb #302c7422
 @dataclass
 class BatchGeneration:
     "The replies of a batch, in prompt order, and the batch's statistics"
@@ -314,7 +314,7 @@ def batch_generate(model, tokenizer,
            for o, r in zip(out, rows)]
     return BatchGeneration(res, ptoks, ptps, kept, tps, pk)
 
-# %% ../nbs/07_generate.ipynb #6b56cd7b
+# %% ../nbs/07_generate.ipynb #9eda0124
 def _clock(steps, n_prompt:int) -> tuple[float, float, list[int]]:
     "Prompt tok/s (time to first token), decode tok/s (after the first) and the ids of a token generator"
     toks, tic = [], time.perf_counter()
