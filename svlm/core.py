@@ -11,10 +11,10 @@ __all__ = ['OPENBLAS_FIX', 'OPENBLAS_PATH', 'find_openblas', 'load_fast_blas', '
            'matmul_gflops', 'backend_report', 'backend_warnings', 'format_report', 'Timer', 'peak_memory_mb',
            'active_memory_mb', 'reset_peak_memory', 'write_jsonl', 'read_jsonl']
 
-# %% ../nbs/00_core.ipynb #bc74cb87
+# %% ../nbs/00_core.ipynb #dcf32943
 import ctypes, glob, os, sys, warnings
 
-# %% ../nbs/00_core.ipynb #4faf3185
+# %% ../nbs/00_core.ipynb #230875e9
 OPENBLAS_FIX = "sudo apt-get install libopenblas0-pthread"  # the Debian/Ubuntu package whose libopenblas.so.0 MLX can use
 _OPENBLAS_GLOBS = ["/usr/lib/*-linux-gnu/libopenblas.so.0", "/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0",
                    "/usr/lib64/libopenblas*.so.0", "/usr/lib/libopenblas.so.0", "/usr/local/lib/libopenblas.so.0"]
@@ -27,7 +27,7 @@ def find_openblas() -> str|None:
         if hits: return hits[0]
     return None
 
-# %% ../nbs/00_core.ipynb #2cbb0b55
+# %% ../nbs/00_core.ipynb #c2c8a8b9
 def load_fast_blas() -> str|None:
     "On Linux, load OpenBLAS into the global symbol scope before MLX; returns the path loaded, or `None`"
     if sys.platform != "linux" or os.environ.get("SVLM_NO_OPENBLAS"): return None
@@ -49,7 +49,7 @@ def _openblas_mapped() -> bool:
 
 OPENBLAS_PATH = load_fast_blas()
 
-# %% ../nbs/00_core.ipynb #6a107233
+# %% ../nbs/00_core.ipynb #23577a63
 import dataclasses, difflib, io, json, math, platform, shutil, tempfile, time, types, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np, yaml
 import mlx.core as mx
 
-# %% ../nbs/00_core.ipynb #2fcdfb3c
+# %% ../nbs/00_core.ipynb #1e36ca92
 class InputError(ValueError):
     "A bad input: the message names the file, the line and the field"
     def __init__(self, msg:str, path=None, line:int|None=None, field:str|None=None):
@@ -67,7 +67,7 @@ class InputError(ValueError):
         what = f"field '{field}': " if field else ""
         super().__init__(f"{where}: {what}{msg}" if where else f"{what}{msg}")
 
-# %% ../nbs/00_core.ipynb #9b3abb24
+# %% ../nbs/00_core.ipynb #2a577db9
 @contextmanager
 def atomic_write(path, mode:str="w", encoding:str|None="utf-8"):
     "Open a temporary file beside `path`; on success it atomically replaces `path`, on error it is removed"
@@ -83,7 +83,7 @@ def atomic_write(path, mode:str="w", encoding:str|None="utf-8"):
         if os.path.exists(tmp): os.unlink(tmp)
         raise
 
-# %% ../nbs/00_core.ipynb #d15fd253
+# %% ../nbs/00_core.ipynb #b2cd02c3
 @dataclass
 class VideoConfig:
     fps: float = 2.0                  # frames sampled per second of video (StreamingVLM: 2)
@@ -162,6 +162,7 @@ class TrainConfig:
     log_every: int = 10               # steps between metric lines
     missing_video: str = "fatal"      # "fatal" or "skip" (counted) for a record whose video is missing
     out: str = "runs/toy"             # run folder: checkpoints and metrics.jsonl
+    data: str|None = None             # records JSONL to train on (default: synthetic clips written under `out`)
 
 @dataclass
 class StreamConfig:
@@ -186,7 +187,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
 
-# %% ../nbs/00_core.ipynb #09622b23
+# %% ../nbs/00_core.ipynb #eebd94d5
 def _hints(cls): return typing.get_type_hints(cls)
 
 def _coerce(v, tp, key:str, src):
@@ -208,6 +209,9 @@ def _coerce(v, tp, key:str, src):
         if isinstance(v, bool): return v
         if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0"): return v.lower() in ("true", "yes", "1")
         raise InputError(f"expected true or false, got {v!r}", src, field=key)
+    if isinstance(v, str) and tp in (int, float):      # YAML reads `1e-3` (no dot) as a string; so does a CLI override
+        try: v = float(v) if tp is float or not v.strip().lstrip("+-").isdigit() else int(v)
+        except ValueError: raise InputError(f"expected a number, got {v!r}", src, field=key) from None
     if tp is int:
         if isinstance(v, int) and not isinstance(v, bool): return v
         if isinstance(v, float) and v.is_integer(): return int(v)
@@ -221,7 +225,7 @@ def _coerce(v, tp, key:str, src):
     if tp is typing.Any: return v
     raise InputError(f"unsupported annotation {tp}", src, field=key)
 
-# %% ../nbs/00_core.ipynb #4faebc00
+# %% ../nbs/00_core.ipynb #60b27bcb
 def _unknown(key:str, valid, src):
     "Error for an unknown `key`, suggesting the closest of `valid`"
     near = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
@@ -249,7 +253,7 @@ def from_dict(cls, d:dict|None, src=None, prefix:str=""):
         kw[k] = from_dict(tp, v, src, key + ".") if is_dataclass(tp) else _coerce(v, tp, key, src)
     return cls(**kw)
 
-# %% ../nbs/00_core.ipynb #3e08cc74
+# %% ../nbs/00_core.ipynb #21f85ee6
 def apply_override(d:dict, override:str, cls=None):
     "Apply one `section.key=value` string to nested dict `d` (in place); checks the key against dataclass `cls`"
     if "=" not in override: raise InputError(f"override {override!r} is not of the form section.key=value")
@@ -279,7 +283,7 @@ def config_dict(cfg) -> dict:
     "The nested plain dict of a config dataclass (for YAML, JSON, checkpoints)"
     return asdict(cfg)
 
-# %% ../nbs/00_core.ipynb #cfad258f
+# %% ../nbs/00_core.ipynb #d603f193
 def blas_info() -> tuple[str, bool]:
     "Which BLAS MLX's CPU matmuls go through, and whether it is a fast one"
     if sys.platform == "darwin": return "Accelerate (macOS)", True
@@ -298,7 +302,7 @@ def matmul_gflops(n:int=512, reps:int=3) -> float:
     for _ in range(reps): mx.eval(a @ a)
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
-# %% ../nbs/00_core.ipynb #7795e5ae
+# %% ../nbs/00_core.ipynb #ca5e8e01
 def backend_report(measure:bool=False) -> dict:
     "MLX version, device, BLAS in use, compiler for `mx.compile`, and (optionally) a measured matmul speed"
     blas, fast = blas_info()
@@ -328,7 +332,7 @@ def format_report(r:dict) -> str:
     lines = [f"{k:>14}: {v}" for k, v in r.items()]
     return "\n".join(lines + [f"WARNING: {w}" for w in backend_warnings(r)])
 
-# %% ../nbs/00_core.ipynb #b0e5a8f1
+# %% ../nbs/00_core.ipynb #0e921ecc
 class Timer:
     "Context manager measuring wall-clock seconds in `.elapsed` (evaluate MLX work inside the block)"
     def __enter__(self): self.start = time.perf_counter(); return self
@@ -348,7 +352,7 @@ def reset_peak_memory():
     "Start a new peak-memory measurement"
     mx.reset_peak_memory()
 
-# %% ../nbs/00_core.ipynb #8c9b9ee9
+# %% ../nbs/00_core.ipynb #bb264697
 def write_jsonl(path, rows):
     "Atomically write dicts `rows` to `path`, one JSON object per line; returns the count"
     n = 0
