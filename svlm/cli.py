@@ -8,13 +8,13 @@ Docs: https://svlm-dev.github.io/svlm/cli.html.md"""
 __all__ = ['TOY_RECIPE', 'cmd_info', 'cmd_convert', 'cmd_train', 'checkpoint_config', 'infer', 'cmd_infer', 'toy_config',
            'run_demo', 'cmd_demo', 'bench_video', 'bench_stream_cli', 'cmd_bench', 'parser', 'main']
 
-# %% ../nbs/13_cli.ipynb #ea965a53
+# %% ../nbs/13_cli.ipynb #c65c1c36
 import svlm
 import argparse, json, os, sys, tempfile, time
 from pathlib import Path
 from .core import InputError, Config, load_config, config_dict, backend_report, format_report, backend_warnings, Timer
 
-# %% ../nbs/13_cli.ipynb #afb2ba8f
+# %% ../nbs/13_cli.ipynb #96e96ff5
 def _config(args) -> Config:
     "The run's `Config`: YAML file, then command-line overrides"
     return load_config(args.config, args.overrides)
@@ -25,13 +25,13 @@ def _add_common(p):
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. video.fps=4")
     return p
 
-# %% ../nbs/13_cli.ipynb #e0562b53
+# %% ../nbs/13_cli.ipynb #11b75e05
 def cmd_info(args):
     "Print the backend report (MLX, device, BLAS, compiler) with a measured matmul speed"
     print(format_report(backend_report(measure=True)))
     return 0
 
-# %% ../nbs/13_cli.ipynb #f0cb7f2a
+# %% ../nbs/13_cli.ipynb #48820038
 def cmd_convert(args):
     "Convert annotation JSONL to svlm records"
     from svlm.data import convert
@@ -43,7 +43,7 @@ def cmd_convert(args):
     print(rep)
     return 0
 
-# %% ../nbs/13_cli.ipynb #2688530a
+# %% ../nbs/13_cli.ipynb #cc3a9dda
 def cmd_train(args):
     "Train a model; checkpoints and metrics.jsonl go to `train.out`"
     from svlm.train import train
@@ -52,7 +52,7 @@ def cmd_train(args):
     print(r)
     return 0
 
-# %% ../nbs/13_cli.ipynb #164bb9a9
+# %% ../nbs/13_cli.ipynb #17abd1e6
 def _checkpoint_dir(path) -> Path:
     "A model folder (config.json + weights) as is; a training checkpoint or run folder through `find_checkpoint`"
     from svlm.train import find_checkpoint
@@ -68,7 +68,7 @@ def checkpoint_config(checkpoint, overrides=()) -> Config:
     for o in overrides: apply_override(d, o, Config)
     return from_dict(Config, d, st)
 
-# %% ../nbs/13_cli.ipynb #9d84dc00
+# %% ../nbs/13_cli.ipynb #13d5c585
 def _fmt_event(e) -> str: return f"[{e.start:7.1f}-{e.end:7.1f}s] {e.text}"
 
 def infer(checkpoint, cfg:Config, video=None, data=None, index:int=0, webcam=None, out_json=None, out_vtt=None, out_metrics=None,
@@ -113,7 +113,7 @@ def cmd_infer(args):
         return 1
     return 0
 
-# %% ../nbs/13_cli.ipynb #3d3ea535
+# %% ../nbs/13_cli.ipynb #aa5336a4
 TOY_RECIPE = ["synth.n_clips=8", "synth.width=196", "synth.height=112",
               "tokenizer.name=bytes", "tokenizer.sink=16", "tokenizer.window=32",
               "cache.sink=16", "cache.window=32", "cache.vision_window=3",
@@ -126,7 +126,7 @@ def toy_config(overrides=()) -> Config:
     "The toy recipe (`configs/toy.yaml`) with `overrides` on top"
     return load_config(None, TOY_RECIPE + list(overrides))
 
-# %% ../nbs/13_cli.ipynb #1a1da98f
+# %% ../nbs/13_cli.ipynb #cbf85a83
 def run_demo(out, cfg:Config|None=None, n_heldout:int=2, max_seconds:float|None=None, verbose:bool=True, progress:bool|None=None) -> dict:
     "Synthesize, convert, train the toy model, and stream held-out clips; returns a summary with the timing scores"
     from dataclasses import replace
@@ -179,7 +179,7 @@ def cmd_demo(args):
     print(json.dumps(s))
     return 0
 
-# %% ../nbs/13_cli.ipynb #5fa3ce85
+# %% ../nbs/13_cli.ipynb #7bd913bf
 def bench_video(cfg:Config, seconds:float=60.0, repeats:int=3, out=None) -> dict:
     "Seconds to decode a synthetic `seconds`-long 360p clip at `cfg.video.fps` into resized frames"
     from svlm.synth import make_clip
@@ -225,7 +225,7 @@ def cmd_bench(args):
     print(json.dumps(r, default=str))
     return 0
 
-# %% ../nbs/13_cli.ipynb #cc95408d
+# %% ../nbs/13_cli.ipynb #29c008dc
 def parser() -> argparse.ArgumentParser:
     "The `svlm` argument parser"
     p = argparse.ArgumentParser(prog="svlm", description="Streaming video-language models in MLX")
