@@ -7,7 +7,7 @@ Docs: https://svlm-dev.github.io/svlm/cache.html.md"""
 # %% auto #0
 __all__ = ['MODES', 'FORMAT', 'rope_shift', 'ContiguousKVCache', 'RawKeyCache', 'Round', 'StreamingCache', 'bench_cache']
 
-# %% ../nbs/06_cache.ipynb #1ca35af1
+# %% ../nbs/06_cache.ipynb #166c7348
 import svlm
 import json, math, statistics, time
 from dataclasses import dataclass, asdict, fields
@@ -16,10 +16,10 @@ import numpy as np
 import mlx.core as mx
 from fastcore.basics import patch_to
 from .core import InputError, atomic_write, CacheConfig
-from .model import causal_mask
+from .model import causal_mask, KVCache
 from .tokenizer import Tokenizer, DEFAULT_SYSTEM, truncate_ids, prefix_ids, user_turn_ids
 
-# %% ../nbs/06_cache.ipynb #c9763497
+# %% ../nbs/06_cache.ipynb #d628c7d6
 def rope_shift(x,             # keys (B, n_kv_heads, T, head_dim), already rotated at some positions
                shift,         # one shift for all tokens, or one per token (T,)
                dims:int,      # rotated feature dimensions (the model's head_dim)
@@ -32,8 +32,8 @@ def rope_shift(x,             # keys (B, n_kv_heads, T, head_dim), already rotat
     y = mx.fast.rope(y, dims, traditional=False, base=base, scale=1.0, offset=s)
     return y.reshape(T, B, H, D).transpose(1, 2, 0, 3)                    # (B, H, T, D)
 
-# %% ../nbs/06_cache.ipynb #bc502d2f
-class ContiguousKVCache:
+# %% ../nbs/06_cache.ipynb #e666189c
+class ContiguousKVCache(KVCache):
     "One layer's keys and values at contiguous positions 0..offset-1 (mlx-lm's cache protocol); `relayout` moves tokens and re-rotates their keys"
     def __init__(self, head_dim:int,             # the model's head_dim (RoPE dims)
                  rope_theta:float,               # the model's RoPE base
@@ -58,15 +58,7 @@ class ContiguousKVCache:
         if self.max_size is not None and self.offset > self.max_size: self._slide()
         return k, v
 
-    def _grow(self, keys, values, need:int):
-        "Reallocate to the next multiple of `step` that holds `need` tokens, keeping what is stored"
-        B, H, _, Dk = keys.shape
-        cap = self.step * math.ceil(need / self.step)
-        k, v = mx.zeros((B, H, cap, Dk), keys.dtype), mx.zeros((B, H, cap, values.shape[3]), values.dtype)
-        if self.keys is not None: k[..., :self.offset, :], v[..., :self.offset, :] = self.state
-        self.keys, self.values = k, v
-
-# %% ../nbs/06_cache.ipynb #6ecdd783
+# %% ../nbs/06_cache.ipynb #fab6bdb0
 @patch_to(ContiguousKVCache)
 def relayout(self, keep) -> int:
     "Hold the tokens at old positions `keep` (in that order) at positions 0..len(keep)-1, keys re-rotated by their shifts; returns how many were rewritten"
@@ -91,7 +83,7 @@ def _slide(self):
     if self.log is not None: self.log.append((self.fed, self.n_sink, e))   # after `fed` tokens, positions n_sink..n_sink+e-1 left
     self.relayout(np.r_[0:self.n_sink, self.n_sink + e:self.offset])
 
-# %% ../nbs/06_cache.ipynb #c7b0283b
+# %% ../nbs/06_cache.ipynb #08623ff0
 @patch_to(ContiguousKVCache, as_prop=True)
 def state(self):
     "The stored keys and values (B, n_kv_heads, offset, head_dim), or (None, None) when empty"
@@ -140,7 +132,7 @@ def __repr__(self):
     sink = "" if self.max_size is None else f", sink {self.n_sink} + window ≤ {self.max_size - self.n_sink}"
     return f"ContiguousKVCache(offset={self.offset}, capacity={cap}{sink})"
 
-# %% ../nbs/06_cache.ipynb #41127d32
+# %% ../nbs/06_cache.ipynb #a91141a0
 class RawKeyCache(ContiguousKVCache):
     "StreamingVLM's contiguous RoPE: keys stored without rotation and rotated at positions 0..N-1 on every call (the reference, O(N) work per token)"
     def update_and_fetch(self, keys, values):
@@ -157,7 +149,7 @@ class RawKeyCache(ContiguousKVCache):
         self.offset = len(keep)
         return len(keep)
 
-# %% ../nbs/06_cache.ipynb #64f2bb68
+# %% ../nbs/06_cache.ipynb #a274f6dc
 @dataclass
 class Round:
     "One chunk's round in the cache: the user turn (with the assistant header) and the reply after it"
@@ -169,7 +161,7 @@ class Round:
     reply: int = 0       # tokens of the reply, its closing `<|im_end|>\n` included
     content: int = 0     # leading reply tokens that are commentary: they move into the previous text on eviction
 
-# %% ../nbs/06_cache.ipynb #25dfae42
+# %% ../nbs/06_cache.ipynb #ab698678
 MODES = ("streaming", "sink", "full")
 
 def _check_cfg(cfg:CacheConfig):
@@ -196,7 +188,7 @@ class StreamingCache:
         self.E, self.nl, self.suffix = (None, [], []) if tok is None else (tok.token_id("<|im_end|>"), tok.encode("\n"), tok.encode(" ..."))
         self.reset(previous, system)
 
-# %% ../nbs/06_cache.ipynb #bb600f5a
+# %% ../nbs/06_cache.ipynb #47e5f0a2
 @patch_to(StreamingCache)
 def reset(self, previous:str="", system:str=DEFAULT_SYSTEM):
     "Empty the cache and start a new stream whose prefix (system turn, previous text) is fed with the first round"
@@ -221,7 +213,7 @@ def reset(self, previous:str="", system:str=DEFAULT_SYSTEM):
     self.prev_head = min(len(content), c.sink); self.prev_tail = len(content) - self.prev_head
     self.n_previous = len(content)
 
-# %% ../nbs/06_cache.ipynb #3e751afd
+# %% ../nbs/06_cache.ipynb #adcbab06
 @patch_to(StreamingCache)
 def __len__(self): return len(self.layers)
 @patch_to(StreamingCache)
@@ -233,7 +225,7 @@ def offset(self) -> int: return self.layers[0].offset
 @patch_to(StreamingCache, as_prop=True)
 def nbytes(self) -> int: return sum(l.nbytes for l in self.layers)
 
-# %% ../nbs/06_cache.ipynb #6c8fee02
+# %% ../nbs/06_cache.ipynb #26a3c965
 @patch_to(StreamingCache)
 def declare(self, ids):
     "Declare `ids` as the next tokens fed through the model with this cache (before or after feeding them)"
@@ -271,7 +263,7 @@ def feed(self, model, ids, input_embeddings=None) -> mx.array:
     self.declare(ids)
     return logits
 
-# %% ../nbs/06_cache.ipynb #e3bdfcb5
+# %% ../nbs/06_cache.ipynb #14bbb6e9
 @patch_to(StreamingCache)
 def _need_tok(self) -> Tokenizer:
     if self.tok is None: raise InputError("this cache has no tokenizer: pass `ids` to start_round, or build it with `tok`", field="tok")
@@ -307,7 +299,7 @@ def start_round(self, t0:float=0.0,       # chunk start, seconds
     self._pending, self._open, self._expect, self._round_ids = [], True, out, []
     return out
 
-# %% ../nbs/06_cache.ipynb #b83f8ea2
+# %% ../nbs/06_cache.ipynb #7f099638
 @patch_to(StreamingCache)
 def end_round(self, generated=None) -> Round|None:
     "Close the chunk's reply (its `<|im_end|>\\n` is fed with the next round); `generated`: reply ids not yet declared"
@@ -328,7 +320,7 @@ def end_round(self, generated=None) -> Round|None:
     r.reply, r.content = len(reply) + len(closing), content
     return r
 
-# %% ../nbs/06_cache.ipynb #cb1559be
+# %% ../nbs/06_cache.ipynb #d4ae20cc
 @patch_to(StreamingCache)
 def trim(self, n:int) -> int:
     "Forget the last `n` tokens of the open round's reply, in every layer and in the ids; returns how many were forgotten"
@@ -341,7 +333,7 @@ def trim(self, n:int) -> int:
     self._round_ids = self._round_ids[:len(self._round_ids) - n]
     return n
 
-# %% ../nbs/06_cache.ipynb #ddb2dc6d
+# %% ../nbs/06_cache.ipynb #dbb264c8
 @patch_to(StreamingCache)
 def _evict_oldest(self):
     "Drop the oldest round's user turn and reply wrapper, append its commentary to the previous text, cut that to sink + window"
@@ -361,7 +353,7 @@ def _evict_oldest(self):
     self.n_previous += r.content
     self.rounds.pop(0)
 
-# %% ../nbs/06_cache.ipynb #160ed082
+# %% ../nbs/06_cache.ipynb #359ebad1
 @patch_to(StreamingCache)
 def segments(self) -> list[tuple[str, int, int]]:
     "(name, start, end) of each kept span, in position order (pending tokens included)"
@@ -405,7 +397,7 @@ def __repr__(self):
     return (f"StreamingCache({self.cfg.mode}: {self.offset} tokens held ({occ}); {rounds}"
             f"{len(self.layers)} layers, capacity {cap}, {self.nbytes / 2**20:.2f} MiB)")
 
-# %% ../nbs/06_cache.ipynb #af9e0792
+# %% ../nbs/06_cache.ipynb #2e511df6
 def _show_ids(tok, ids) -> str:
     "Printable text of `ids`, runs of `<|video_pad|>` collapsed, newlines as ↵"
     VP, out, i = tok.token_id("<|video_pad|>"), [], 0
@@ -429,7 +421,7 @@ def layout_text(self, width:int=120) -> str:
         lines.append(f"{name:>16} {b - a:4d} │{s if len(s) <= width else s[:width // 2 - 2] + ' … ' + s[-(width // 2 - 2):]}")
     return "\n".join(lines)
 
-# %% ../nbs/06_cache.ipynb #735485db
+# %% ../nbs/06_cache.ipynb #032b5439
 FORMAT = "svlm-streaming-cache"
 
 @patch_to(StreamingCache, as_prop=True)
@@ -449,7 +441,7 @@ def meta_state(self) -> str:
         rounds=[asdict(r) for r in self.rounds], n_rounds=self.n_rounds, ids=self._ids, declared=self.declared,
         pending=self._pending, open=self._open, expect=self._expect, round_ids=self._round_ids))
 
-# %% ../nbs/06_cache.ipynb #65136b42
+# %% ../nbs/06_cache.ipynb #cf95ffe2
 @patch_to(StreamingCache, cls_method=True)
 def from_state(cls, state, meta_state:str, tok:Tokenizer|None=None, path=None):
     "Rebuild a cache from its `state` (per-layer keys, values) and `meta_state` (JSON)"
@@ -504,7 +496,7 @@ def load(cls, path, tok:Tokenizer|None=None) -> "StreamingCache":
     state = [(arrays.get(f"layers.{i}.keys"), arrays.get(f"layers.{i}.values")) for i in range(n)]
     return cls.from_state(state, meta["svlm"], tok, path)
 
-# %% ../nbs/06_cache.ipynb #5234b9e1
+# %% ../nbs/06_cache.ipynb #1c45f860
 _BENCH_WORDS = "goal pass shot save corner cross tackle header offside foul strike keeper wing press break".split()
 
 def _bench_text(rng, n:int) -> str:
@@ -528,7 +520,7 @@ def _summary(lat, cpu, work, early, late, mem) -> dict:
     return dict(late=late, mem=mem, latency_ms_early=1e3 * a, latency_ms_late=1e3 * b, latency_ratio=b / a, cpu_ratio=cb / ca,
                 peak_mb_early=m0 / 2**20, peak_mb_late=m1 / 2**20, memory_growth=m1 / m0 - 1)
 
-# %% ../nbs/06_cache.ipynb #a0e9566e
+# %% ../nbs/06_cache.ipynb #b930cafe
 def _bench_chunk(model, cache, t0:float, ids, rep, vision:int):
     "Stream the chunk starting at `t0` s through `cache`: the prompt `ids` (a StreamingCache makes its own), then the reply `rep` token by token"
     own = isinstance(cache, StreamingCache)
@@ -539,7 +531,7 @@ def _bench_chunk(model, cache, t0:float, ids, rep, vision:int):
     if own: cache.declare(ids); cache.declare(rep); cache.end_round()
     return ids
 
-# %% ../nbs/06_cache.ipynb #6cbde7cd
+# %% ../nbs/06_cache.ipynb #55d506b7
 def bench_cache(model="tiny",                  # a preset name or a `svlm.model.Model`
                 chunks:int=1024,               # chunks streamed through svlm's and mlx-lm's caches
                 full_chunks:int=300,           # chunks streamed through the full cache (its cost grows with each)
@@ -599,7 +591,7 @@ def bench_cache(model="tiny",                  # a preset name or a `svlm.model.
     if verbose: _print_bench(res)
     return res
 
-# %% ../nbs/06_cache.ipynb #07172091
+# %% ../nbs/06_cache.ipynb #81dc1eed
 def _print_bench(res:dict):
     "The table `bench_cache` prints"
     c, rng_ = res["cfg"], lambda a: f"{a[0]}-{a[1]}"
