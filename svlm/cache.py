@@ -7,7 +7,7 @@ Docs: https://svlm-dev.github.io/svlm/cache.html.md"""
 # %% auto #0
 __all__ = ['MODES', 'FORMAT', 'rope_shift', 'ContiguousKVCache', 'RawKeyCache', 'Round', 'StreamingCache', 'bench_cache']
 
-# %% ../nbs/06_cache.ipynb #166c7348
+# %% ../nbs/06_cache.ipynb #8ae0e850
 import svlm
 import json, math, statistics, time
 from dataclasses import dataclass, asdict, fields
@@ -19,7 +19,7 @@ from .core import InputError, atomic_write, CacheConfig
 from .model import causal_mask, KVCache
 from .tokenizer import Tokenizer, DEFAULT_SYSTEM, truncate_ids, prefix_ids, user_turn_ids
 
-# %% ../nbs/06_cache.ipynb #d628c7d6
+# %% ../nbs/06_cache.ipynb #c8f6d0fb
 def rope_shift(x,             # keys (B, n_kv_heads, T, head_dim), already rotated at some positions
                shift,         # one shift for all tokens, or one per token (T,)
                dims:int,      # rotated feature dimensions (the model's head_dim)
@@ -32,7 +32,7 @@ def rope_shift(x,             # keys (B, n_kv_heads, T, head_dim), already rotat
     y = mx.fast.rope(y, dims, traditional=False, base=base, scale=1.0, offset=s)
     return y.reshape(T, B, H, D).transpose(1, 2, 0, 3)                    # (B, H, T, D)
 
-# %% ../nbs/06_cache.ipynb #e666189c
+# %% ../nbs/06_cache.ipynb #2c112ad8
 class ContiguousKVCache(KVCache):
     "One layer's keys and values at contiguous positions 0..offset-1 (mlx-lm's cache protocol); `relayout` moves tokens and re-rotates their keys"
     def __init__(self, head_dim:int,             # the model's head_dim (RoPE dims)
@@ -49,16 +49,12 @@ class ContiguousKVCache(KVCache):
 
     def update_and_fetch(self, keys, values):
         "Write `keys`, `values` (B, n_kv_heads, T, head_dim) at `offset`; return all keys and values held before any slide"
-        prev, T = self.offset, keys.shape[2]
-        if self.keys is None or prev + T > self.keys.shape[2]: self._grow(keys, values, prev + T)
-        self.keys[..., prev:prev+T, :] = keys
-        self.values[..., prev:prev+T, :] = values
-        self.offset += T; self.fed += T
-        k, v = self.keys[..., :self.offset, :], self.values[..., :self.offset, :]
+        k, v = super().update_and_fetch(keys, values)
+        self.fed += keys.shape[2]
         if self.max_size is not None and self.offset > self.max_size: self._slide()
         return k, v
 
-# %% ../nbs/06_cache.ipynb #fab6bdb0
+# %% ../nbs/06_cache.ipynb #fb93fcb5
 @patch_to(ContiguousKVCache)
 def relayout(self, keep) -> int:
     "Hold the tokens at old positions `keep` (in that order) at positions 0..len(keep)-1, keys re-rotated by their shifts; returns how many were rewritten"
@@ -83,7 +79,7 @@ def _slide(self):
     if self.log is not None: self.log.append((self.fed, self.n_sink, e))   # after `fed` tokens, positions n_sink..n_sink+e-1 left
     self.relayout(np.r_[0:self.n_sink, self.n_sink + e:self.offset])
 
-# %% ../nbs/06_cache.ipynb #08623ff0
+# %% ../nbs/06_cache.ipynb #ad563936
 @patch_to(ContiguousKVCache, as_prop=True)
 def state(self):
     "The stored keys and values (B, n_kv_heads, offset, head_dim), or (None, None) when empty"
@@ -132,7 +128,7 @@ def __repr__(self):
     sink = "" if self.max_size is None else f", sink {self.n_sink} + window ≤ {self.max_size - self.n_sink}"
     return f"ContiguousKVCache(offset={self.offset}, capacity={cap}{sink})"
 
-# %% ../nbs/06_cache.ipynb #a91141a0
+# %% ../nbs/06_cache.ipynb #19fc593b
 class RawKeyCache(ContiguousKVCache):
     "StreamingVLM's contiguous RoPE: keys stored without rotation and rotated at positions 0..N-1 on every call (the reference, O(N) work per token)"
     def update_and_fetch(self, keys, values):
@@ -149,7 +145,7 @@ class RawKeyCache(ContiguousKVCache):
         self.offset = len(keep)
         return len(keep)
 
-# %% ../nbs/06_cache.ipynb #a274f6dc
+# %% ../nbs/06_cache.ipynb #871f0cec
 @dataclass
 class Round:
     "One chunk's round in the cache: the user turn (with the assistant header) and the reply after it"
@@ -161,7 +157,7 @@ class Round:
     reply: int = 0       # tokens of the reply, its closing `<|im_end|>\n` included
     content: int = 0     # leading reply tokens that are commentary: they move into the previous text on eviction
 
-# %% ../nbs/06_cache.ipynb #ab698678
+# %% ../nbs/06_cache.ipynb #de168222
 MODES = ("streaming", "sink", "full")
 
 def _check_cfg(cfg:CacheConfig):
@@ -188,7 +184,7 @@ class StreamingCache:
         self.E, self.nl, self.suffix = (None, [], []) if tok is None else (tok.token_id("<|im_end|>"), tok.encode("\n"), tok.encode(" ..."))
         self.reset(previous, system)
 
-# %% ../nbs/06_cache.ipynb #47e5f0a2
+# %% ../nbs/06_cache.ipynb #bb04fe09
 @patch_to(StreamingCache)
 def reset(self, previous:str="", system:str=DEFAULT_SYSTEM):
     "Empty the cache and start a new stream whose prefix (system turn, previous text) is fed with the first round"
@@ -213,7 +209,7 @@ def reset(self, previous:str="", system:str=DEFAULT_SYSTEM):
     self.prev_head = min(len(content), c.sink); self.prev_tail = len(content) - self.prev_head
     self.n_previous = len(content)
 
-# %% ../nbs/06_cache.ipynb #adcbab06
+# %% ../nbs/06_cache.ipynb #e36e3656
 @patch_to(StreamingCache)
 def __len__(self): return len(self.layers)
 @patch_to(StreamingCache)
@@ -225,7 +221,7 @@ def offset(self) -> int: return self.layers[0].offset
 @patch_to(StreamingCache, as_prop=True)
 def nbytes(self) -> int: return sum(l.nbytes for l in self.layers)
 
-# %% ../nbs/06_cache.ipynb #26a3c965
+# %% ../nbs/06_cache.ipynb #b1b173f2
 @patch_to(StreamingCache)
 def declare(self, ids):
     "Declare `ids` as the next tokens fed through the model with this cache (before or after feeding them)"
@@ -263,7 +259,7 @@ def feed(self, model, ids, input_embeddings=None) -> mx.array:
     self.declare(ids)
     return logits
 
-# %% ../nbs/06_cache.ipynb #14bbb6e9
+# %% ../nbs/06_cache.ipynb #9071ec39
 @patch_to(StreamingCache)
 def _need_tok(self) -> Tokenizer:
     if self.tok is None: raise InputError("this cache has no tokenizer: pass `ids` to start_round, or build it with `tok`", field="tok")
@@ -299,7 +295,7 @@ def start_round(self, t0:float=0.0,       # chunk start, seconds
     self._pending, self._open, self._expect, self._round_ids = [], True, out, []
     return out
 
-# %% ../nbs/06_cache.ipynb #7f099638
+# %% ../nbs/06_cache.ipynb #d806ea87
 @patch_to(StreamingCache)
 def end_round(self, generated=None) -> Round|None:
     "Close the chunk's reply (its `<|im_end|>\\n` is fed with the next round); `generated`: reply ids not yet declared"
@@ -320,7 +316,7 @@ def end_round(self, generated=None) -> Round|None:
     r.reply, r.content = len(reply) + len(closing), content
     return r
 
-# %% ../nbs/06_cache.ipynb #d4ae20cc
+# %% ../nbs/06_cache.ipynb #057678e9
 @patch_to(StreamingCache)
 def trim(self, n:int) -> int:
     "Forget the last `n` tokens of the open round's reply, in every layer and in the ids; returns how many were forgotten"
@@ -333,7 +329,7 @@ def trim(self, n:int) -> int:
     self._round_ids = self._round_ids[:len(self._round_ids) - n]
     return n
 
-# %% ../nbs/06_cache.ipynb #dbb264c8
+# %% ../nbs/06_cache.ipynb #95afeb15
 @patch_to(StreamingCache)
 def _evict_oldest(self):
     "Drop the oldest round's user turn and reply wrapper, append its commentary to the previous text, cut that to sink + window"
@@ -353,7 +349,7 @@ def _evict_oldest(self):
     self.n_previous += r.content
     self.rounds.pop(0)
 
-# %% ../nbs/06_cache.ipynb #359ebad1
+# %% ../nbs/06_cache.ipynb #a5ce23f6
 @patch_to(StreamingCache)
 def segments(self) -> list[tuple[str, int, int]]:
     "(name, start, end) of each kept span, in position order (pending tokens included)"
@@ -397,7 +393,7 @@ def __repr__(self):
     return (f"StreamingCache({self.cfg.mode}: {self.offset} tokens held ({occ}); {rounds}"
             f"{len(self.layers)} layers, capacity {cap}, {self.nbytes / 2**20:.2f} MiB)")
 
-# %% ../nbs/06_cache.ipynb #2e511df6
+# %% ../nbs/06_cache.ipynb #08d4157b
 def _show_ids(tok, ids) -> str:
     "Printable text of `ids`, runs of `<|video_pad|>` collapsed, newlines as ↵"
     VP, out, i = tok.token_id("<|video_pad|>"), [], 0
@@ -421,7 +417,7 @@ def layout_text(self, width:int=120) -> str:
         lines.append(f"{name:>16} {b - a:4d} │{s if len(s) <= width else s[:width // 2 - 2] + ' … ' + s[-(width // 2 - 2):]}")
     return "\n".join(lines)
 
-# %% ../nbs/06_cache.ipynb #032b5439
+# %% ../nbs/06_cache.ipynb #3850d92d
 FORMAT = "svlm-streaming-cache"
 
 @patch_to(StreamingCache, as_prop=True)
@@ -441,7 +437,7 @@ def meta_state(self) -> str:
         rounds=[asdict(r) for r in self.rounds], n_rounds=self.n_rounds, ids=self._ids, declared=self.declared,
         pending=self._pending, open=self._open, expect=self._expect, round_ids=self._round_ids))
 
-# %% ../nbs/06_cache.ipynb #cf95ffe2
+# %% ../nbs/06_cache.ipynb #38ef3ea2
 @patch_to(StreamingCache, cls_method=True)
 def from_state(cls, state, meta_state:str, tok:Tokenizer|None=None, path=None):
     "Rebuild a cache from its `state` (per-layer keys, values) and `meta_state` (JSON)"
@@ -496,7 +492,7 @@ def load(cls, path, tok:Tokenizer|None=None) -> "StreamingCache":
     state = [(arrays.get(f"layers.{i}.keys"), arrays.get(f"layers.{i}.values")) for i in range(n)]
     return cls.from_state(state, meta["svlm"], tok, path)
 
-# %% ../nbs/06_cache.ipynb #1c45f860
+# %% ../nbs/06_cache.ipynb #b40647fe
 _BENCH_WORDS = "goal pass shot save corner cross tackle header offside foul strike keeper wing press break".split()
 
 def _bench_text(rng, n:int) -> str:
@@ -520,7 +516,7 @@ def _summary(lat, cpu, work, early, late, mem) -> dict:
     return dict(late=late, mem=mem, latency_ms_early=1e3 * a, latency_ms_late=1e3 * b, latency_ratio=b / a, cpu_ratio=cb / ca,
                 peak_mb_early=m0 / 2**20, peak_mb_late=m1 / 2**20, memory_growth=m1 / m0 - 1)
 
-# %% ../nbs/06_cache.ipynb #b930cafe
+# %% ../nbs/06_cache.ipynb #2ab989aa
 def _bench_chunk(model, cache, t0:float, ids, rep, vision:int):
     "Stream the chunk starting at `t0` s through `cache`: the prompt `ids` (a StreamingCache makes its own), then the reply `rep` token by token"
     own = isinstance(cache, StreamingCache)
@@ -531,7 +527,7 @@ def _bench_chunk(model, cache, t0:float, ids, rep, vision:int):
     if own: cache.declare(ids); cache.declare(rep); cache.end_round()
     return ids
 
-# %% ../nbs/06_cache.ipynb #55d506b7
+# %% ../nbs/06_cache.ipynb #1c65057a
 def bench_cache(model="tiny",                  # a preset name or a `svlm.model.Model`
                 chunks:int=1024,               # chunks streamed through svlm's and mlx-lm's caches
                 full_chunks:int=300,           # chunks streamed through the full cache (its cost grows with each)
@@ -591,7 +587,7 @@ def bench_cache(model="tiny",                  # a preset name or a `svlm.model.
     if verbose: _print_bench(res)
     return res
 
-# %% ../nbs/06_cache.ipynb #81dc1eed
+# %% ../nbs/06_cache.ipynb #e488a190
 def _print_bench(res:dict):
     "The table `bench_cache` prints"
     c, rng_ = res["cfg"], lambda a: f"{a[0]}-{a[1]}"
