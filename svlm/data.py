@@ -6,7 +6,7 @@ Docs: https://svlm-dev.github.io/svlm/data.html.md"""
 
 # %% auto #0
 __all__ = ['Chunk', 'StreamingRecord', 'chunk_bounds', 'chunk_index', 'parse_annotation', 'AnnotationFile', 'resolve_root',
-           'check_video_path', 'ConvertReport', 'convert', 'load_records']
+           'check_video_path', 'ConvertReport', 'convert', 'load_records', 'load_record']
 
 # %% ../nbs/01_data.ipynb #cf9e3710
 import svlm
@@ -297,3 +297,9 @@ def convert(annotations, output, cfg:DataConfig|None=None, max_samples:int|None=
 def load_records(path) -> list[StreamingRecord]:
     "Read svlm JSONL records; a bad line is an `InputError` naming it"
     return [StreamingRecord.from_dict(d, path, i) for i, d in enumerate(read_jsonl(path), 1)]
+
+def load_record(path, index:int=0) -> StreamingRecord:
+    "Record number `index` (from 0) of records file `path`; an `InputError` naming the file when it has no such record"
+    recs = load_records(path)
+    if not 0 <= index < len(recs): raise InputError(f"index {index} is out of range: the file has {len(recs)} records", path, field="index")
+    return recs[index]

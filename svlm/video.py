@@ -7,8 +7,7 @@ Docs: https://svlm-dev.github.io/svlm/video.html.md"""
 # %% auto #0
 __all__ = ['write_test_clip', 'frame_index', 'smart_resize', 'VideoInfo', 'probe', 'sample_times', 'nearest_frames',
            'read_frames', 'show_filmstrip', 'FrameChunk', 'chunk_frames', 'plot_chunks', 'FrameBuffer', 'FrameSource',
-           'IteratorSource', 'FileSource', 'WebcamSource', 'SourceError', 'ThreadedSource', 'iter_chunks',
-           'bench_decode']
+           'IteratorSource', 'FileSource', 'WebcamSource', 'SourceError', 'ThreadedSource', 'iter_chunks']
 
 # %% ../nbs/02_video.ipynb #35b1d4b5
 import math, os, re, sys, tempfile, threading, time
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
-from .core import InputError, atomic_write, VideoConfig, Timer
+from .core import InputError, atomic_write, VideoConfig
 from decord import VideoReader, cpu
 
 # %% ../nbs/02_video.ipynb #cf28e08a
@@ -499,18 +498,3 @@ def iter_chunks(source,              # any iterable of (t, frame): a frame sourc
     "Group a stream of `(t, frame)` into `FrameChunk`s as the frames arrive"
     _check_window(chunk, overlap)
     return _chunks(source, chunk, overlap)
-
-# %% ../nbs/02_video.ipynb #a96a46a6
-def bench_decode(path,                          # video file
-                 fps:float|None=None,           # samples per second (None: `cfg.fps`)
-                 cfg:VideoConfig|None=None,     # fps and pixel budget
-                 repeats:int=1)->dict:          # best of this many runs
-    "Time `read_frames` on a whole clip: seconds, frames, duration, and speed as a multiple of real time"
-    cfg = cfg or VideoConfig()
-    info, best = probe(path), math.inf
-    for _ in range(max(1, repeats)):
-        with Timer() as tm: times, frames = read_frames(path, fps=fps, cfg=cfg)
-        best = min(best, tm.elapsed)
-    return dict(seconds=round(best, 4), frames=len(times), duration=info.duration,
-                source=f"{info.width}x{info.height} @ {info.fps:g} fps", size=f"{frames.shape[2]}x{frames.shape[1]}",
-                x_realtime=round(info.duration / best, 1), frames_per_s=round(len(times) / best, 1))

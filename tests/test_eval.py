@@ -6,9 +6,10 @@ import pytest
 from PIL import Image
 import svlm
 from svlm.core import InputError
-from svlm.eval import (Event, write_events, read_events, to_webvtt, write_vtt, read_vtt, vtt_time, parse_vtt_time, check_metric,
-                       write_metrics, read_metrics, summarize_run, merge_utterances, match_utterances, prf, words, lcs_length,
-                       rouge_l, word_f1, score_clip, score_clips, report, plot_report)
+from svlm.events import (Event, write_events, read_events, to_webvtt, write_vtt, read_vtt, vtt_time, parse_vtt_time, check_metric,
+                         write_metrics, read_metrics, summarize_run)
+from svlm.eval import (merge_utterances, match_utterances, prf, words, lcs_length, rouge_l, word_f1, score_clip, score_clips, report,
+                       plot_report)
 from svlm.playback import StreamPlayer, video_html, jpeg
 from svlm.video import write_test_clip, frame_index as barcode
 
@@ -259,7 +260,7 @@ def test_static_fallback(clip):
     many = StreamPlayer(clip, [Event(i * 0.1, i * 0.1 + 0.05, f"e{i}") for i in range(50)], fps=2, size=(90, 160))
     assert "and 20 more events" in many.static_html(max_rows=30)
 
-@pytest.mark.parametrize("name", ["10_eval.ipynb", "11_playback.ipynb"])
+@pytest.mark.parametrize("name", ["11_eval.ipynb", "12_playback.ipynb"])
 def test_saved_notebook_is_small_and_stateless(name):
     path = ROOT/"nbs"/name
     nb = json.loads(path.read_text())

@@ -362,7 +362,7 @@ def test_batch_zero_tokens(model):
 
 def test_bench_generate_smoke():
     pytest.importorskip("mlx_lm")
-    from svlm.generate import bench_generate
+    from svlm.bench import bench_generate
     r = bench_generate("tiny", prompt_len=24, max_tokens=6, repeats=1, prefill_step=8, verbose=False)
     assert r["tokens_match"] is True and r["prefill_ratio"] > 0 and r["decode_ratio"] > 0
     r = bench_generate("tiny", prompt_len=24, max_tokens=6, repeats=1, verbose=False, sampling=SamplingConfig(max_new_tokens=6))
