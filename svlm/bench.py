@@ -24,7 +24,7 @@ from .video import probe, read_frames, IteratorSource
 from .synth import make_clip
 from .tokenizer import Tokenizer, ByteTokenizer, load_tokenizer, render, user_turn_ids
 from .model import Model, KVCache, preset, save_model, load_model, read_weights
-from .cache import StreamingCache
+from .cache import BaseStreamCache, make_cache
 from .generate import generate_step, sampler_from, make_logits_processors
 from .train import Sample, collate, build_model, make_optimizer, make_step, load
 from .stream import StreamEngine, synthetic_frames
@@ -217,8 +217,8 @@ def _summary(lat, cpu, work, early, late, mem) -> dict:
 
 # %% ../nbs/14_bench.ipynb #d847c2f0
 def _bench_chunk(model, cache, t0:float, ids, rep, vision:int):
-    "Stream the chunk starting at `t0` s through `cache`: the prompt `ids` (a StreamingCache makes its own), then the reply `rep` token by token"
-    own = isinstance(cache, StreamingCache)
+    "Stream the chunk starting at `t0` s through `cache`: the prompt `ids` (svlm's cache makes its own), then the reply `rep` token by token"
+    own = isinstance(cache, BaseStreamCache)
     if own: ids = cache.start_round(t0, t0 + 1, vision)
     y = mx.argmax(model(mx.array(ids)[None], cache=cache)[:, -1], axis=-1); mx.eval(y)
     for r in rep:
@@ -249,8 +249,8 @@ def bench_cache(model="tiny",                  # a preset name or a `svlm.model.
     model, name = _bench_model(model, tok)
     mx.eval(model.parameters())
     cfg, rng, E, nl = cfg or CacheConfig(), np.random.default_rng(seed), tok.token_id("<|im_end|>"), tok.encode("\n")
-    previous = _bench_text(rng, 2 * (cfg.sink + cfg.window))
-    sc = StreamingCache(model, tok, cfg, previous=previous)
+    previous = _bench_text(rng, 2 * (cfg.previous_sink_tokens + cfg.previous_window_tokens))
+    sc = make_cache(model, tok, cfg, previous=previous)
     size = max_size or sc.bound(len(user_turn_ids(tok, start + chunks, start + chunks + 1, vision)), reply + len(nl))
     streams = {"svlm": sc, "full": [KVCache() for _ in model.layers],
                "mlx-lm": [RotatingKVCache(max_size=size, keep=4) for _ in model.layers]}
@@ -259,7 +259,7 @@ def bench_cache(model="tiny",                  # a preset name or a `svlm.model.
     lat, cpu, work, tokens, pending = {}, {}, {}, {}, list(sc._pending)
     for k in range(chunks):
         if k == full_chunks: tokens["full"] = streams["full"][0].size(); del streams["full"]   # free it
-        if k == late[0] - early[0]: streams["svlm new"], first["svlm new"] = StreamingCache(model, tok, cfg, previous=previous), k
+        if k == late[0] - early[0]: streams["svlm new"], first["svlm new"] = make_cache(model, tok, cfg, previous=previous), k
         ids, pending = pending + user_turn_ids(tok, start + k, start + k + 1, vision), list(nl)
         rep = (tok.encode(" " + _bench_text(rng, reply))[:max(0, reply - 5)] + tok.encode(" ..."))[:reply - 1] + [E]
         for s in rotated(list(streams), k):                                         # who goes first rotates
@@ -287,8 +287,8 @@ def bench_cache(model="tiny",                  # a preset name or a `svlm.model.
 def _print_bench(res:dict):
     "The table `bench_cache` prints"
     c, rng_ = res["cfg"], lambda a: f"{a[0]}-{a[1]}"
-    print(f"{res['model']} model, {res['chunks']} chunks of {res['vision']} vision + {res['reply']} reply tokens; svlm {c['mode']}: sink {c['sink']}, "
-          f"window {c['window']}, V {c['vision_window']}; mlx-lm RotatingKVCache(max_size={res['rotating_max_size']}, keep=4); "
+    print(f"{res['model']} model, {res['chunks']} chunks of {res['vision']} vision + {res['reply']} reply tokens; svlm {c['mode']}: sink {c['previous_sink_tokens']}, "
+          f"window {c['previous_window_tokens']}, V {c['vision_rounds']}; mlx-lm RotatingKVCache(max_size={res['rotating_max_size']}, keep=4); "
           f"full KVCache for {res['full_chunks']} chunks")
     print(f"{'cache':>7} {'ms/chunk':>9} {'chunks':>9} {'ms/chunk':>9} {'chunks':>9} {'ratio':>6} {'cpu':>5} {'peak MiB':>9} {'chunks':>9} "
           f"{'peak MiB':>9} {'chunks':>9} {'growth':>7} {'tokens':>7}")
@@ -336,8 +336,8 @@ def bench_train(cfg:Config|None=None,     # uses cfg.train.model, batch_size, wi
     tok = load_tokenizer(cfg.tokenizer.name)
     ref = build_model(tc.model, tok, tc.seed)
     weights = tree_flatten(ref.parameters())
-    window = max(1, round(tc.window / cfg.video.chunk))
-    b, frames = _bench_batch(tok, ref, tc.batch_size, window, cfg.tokenizer.sink, cfg.tokenizer.window)
+    window = max(1, round(tc.window_s / cfg.video.chunk_s))
+    b, frames = _bench_batch(tok, ref, tc.batch_size, window, cfg.cache.previous_sink_tokens, cfg.cache.previous_window_tokens)
     ids, labels, fr = mx.array(b.input_ids), mx.array(b.labels), mx.array(frames)
     lengths = mx.array([[1, int((b.input_ids[i] != tok.token_id("<|endoftext|>")).sum()) - 1] for i in range(len(b.input_ids))])
     def fresh():

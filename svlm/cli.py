@@ -149,7 +149,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     "Run the `svlm` command line; returns the exit code"
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)          # overrides may come anywhere: `train --data D x.y=1 --resume-from R x.z=2`
+    stray = [x for x in extra if x.startswith("-") or "=" not in x]
+    if stray: p.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = [*args.overrides, *extra]
     try:
         if args.verbose:
             print(format_report(backend_report()), file=sys.stderr)

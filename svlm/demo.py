@@ -36,7 +36,7 @@ def run_demo(out,                          # folder for the data, the run and th
     log(f"1. synthesized and converted {cfg.synth.n_clips} training clips and {n_heldout} held-out clip{'s' if n_heldout != 1 else ''} "
         f"({cfg.synth.duration:g} s, {cfg.synth.width}x{cfg.synth.height}) in {t_syn.elapsed:.1f}s -> {out/'data'}")
     cfg = replace(cfg, train=replace(cfg.train, out=str(out/"run")))
-    log(f"2. training {cfg.train.model.split(':')[0]} for {cfg.train.steps} steps of {cfg.train.batch_size} x {cfg.train.window:g} s windows"
+    log(f"2. training {cfg.train.model.split(':')[0]} for {cfg.train.steps} steps of {cfg.train.batch_size} x {cfg.train.window_s:g} s windows"
         + (f" (at most {max_seconds:g} s)" if max_seconds else ""))
     tr = train(cfg, data=reps[0].output, max_seconds=max_seconds, progress=verbose if progress is None else progress)
     tail = tr.losses[-20:]

@@ -8,7 +8,7 @@ Docs: https://svlm-dev.github.io/svlm/model.html.md"""
 __all__ = ['PRESETS', 'CLIP_MEAN', 'CLIP_STD', 'WEIGHTS_NAME', 'INDEX_NAME', 'ModelConfig', 'preset', 'KVCache', 'causal_mask',
            'Attention', 'swiglu', 'MLP', 'TransformerBlock', 'attention_mask', 'Qwen2Model', 'normalize_frames',
            'patchify', 'VisionAttention', 'VisionBlock', 'PatchMerger', 'VideoEncoder', 'Model', 'save_model',
-           'read_weights', 'hf_weight_map', 'from_hf', 'assign_weights', 'load_model']
+           'read_safetensors', 'read_weights', 'hf_weight_map', 'from_hf', 'assign_weights', 'load_model']
 
 # %% ../nbs/06_model.ipynb #87ea1001
 import svlm
@@ -19,7 +19,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
-from fastcore.basics import patch
+from fastcore.basics import patch_to
 from .core import InputError, atomic_write
 
 # %% ../nbs/06_model.ipynb #63765b1a
@@ -78,8 +78,8 @@ def _rope_theta(d:dict, path=None) -> float|None:
         if rp.get("rope_type", rp.get("type", "default")) != "default": raise InputError(f"scaled RoPE {rp!r} is not supported", path, field=k)
     return (d.get("rope_parameters") or {}).get("rope_theta", d.get("rope_theta"))
 
-@patch(cls_method=True)
-def from_dict(cls:ModelConfig, d:dict, path=None) -> ModelConfig:
+@patch_to(ModelConfig, cls_method=True)
+def from_dict(cls, d:dict, path=None) -> ModelConfig:
     "Build from a `config.json` dict (svlm or Qwen2); unknown keys are ignored, a missing required key is an `InputError`"
     d = dict(d)
     if d.get("model_type", "qwen2") != "qwen2":
@@ -92,8 +92,8 @@ def from_dict(cls:ModelConfig, d:dict, path=None) -> ModelConfig:
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
 
-@patch
-def to_dict(self:ModelConfig) -> dict:
+@patch_to(ModelConfig)
+def to_dict(self) -> dict:
     "The `config.json` dict: every field, plus the keys transformers needs to read a decoder-only checkpoint"
     return dict(architectures=["Qwen2ForCausalLM"], hidden_act="silu", **asdict(self))
 
@@ -354,14 +354,14 @@ class Model(nn.Module):
     def make_cache(self) -> list: return [KVCache() for _ in self.layers]
 
 # %% ../nbs/06_model.ipynb #63d4186c
-@patch
-def encode_video(self:Model, frames) -> mx.array:
+@patch_to(Model)
+def encode_video(self, frames) -> mx.array:
     "Vision features (B, vision_tokens, hidden_size) of 2-frame chunks `frames` (B, 2, H, W, 3)"
     if not self.config.vision_tower: raise InputError("this model has no video encoder", field="vision_tower")
     return self.visual(frames)
 
-@patch
-def embed_with_vision(self:Model, input_ids, vision_features, check:bool=True) -> mx.array:
+@patch_to(Model)
+def embed_with_vision(self, input_ids, vision_features, check:bool=True) -> mx.array:
     "Embeddings (B, T, D) of `input_ids` with the `video_pad_id` slots replaced, in order, by the rows of `vision_features` (..., D)"
     h = self.model.embed_tokens(input_ids)                          # (B, T, D)
     B, T, D = h.shape
@@ -404,6 +404,13 @@ def save_model(model:Model, path, max_shard_size:int=2 * 2**30) -> Path:
     return path
 
 # %% ../nbs/06_model.ipynb #a53da877
+def read_safetensors(path, metadata:bool=False):
+    "The arrays of safetensors file `path` (and its metadata if asked); a missing, truncated or corrupt file is an `InputError` naming it"
+    path = Path(path)
+    if not path.is_file(): raise InputError("file not found", path)
+    try: return mx.load(str(path), format="safetensors", return_metadata=metadata)
+    except Exception as e: raise InputError(f"unreadable safetensors file ({e})", path) from None
+
 def read_weights(path) -> dict:
     "All tensors of the checkpoint folder `path` by name, from safetensors only"
     path = Path(path)
@@ -418,8 +425,7 @@ def read_weights(path) -> dict:
     weights = {}
     for f in files:
         if not (path/f).exists(): raise InputError(f"shard {f} named by the index is missing", path/INDEX_NAME)
-        try: weights.update(mx.load(str(path/f), format="safetensors"))
-        except Exception as e: raise InputError(f"unreadable safetensors file ({e})", path/f) from None
+        weights.update(read_safetensors(path/f))
     return weights
 
 # %% ../nbs/06_model.ipynb #b5ccb312

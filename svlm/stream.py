@@ -21,7 +21,7 @@ from .data import StreamingRecord
 from .video import FrameSource, FileSource, WebcamSource, ThreadedSource, iter_chunks, FrameChunk, SourceError
 from .tokenizer import Tokenizer, reply_text, parse_reply, ACTION_TOKENS
 from .model import Model
-from .cache import StreamingCache
+from .cache import make_cache
 from .generate import stream_generate
 from .events import Event, write_events, write_vtt, write_metrics, summarize_run
 
@@ -181,7 +181,7 @@ class StreamEngine:
 
     def reset(self, previous:str=""):
         "Start a new stream: an empty cache whose previous-text block holds `previous`"
-        self.cache = StreamingCache(self.model, self.tok, self.cfg.cache, previous=previous, system=self.cfg.tokenizer.system)
+        self.cache = make_cache(self.model, self.tok, self.cfg.cache, previous=previous, system=self.cfg.tokenizer.system)
         self.index, self.last_spoke = 0, -math.inf
 
 # %% ../nbs/10_stream.ipynb #7ff2b524
@@ -196,9 +196,9 @@ def encode(self, frames:np.ndarray) -> mx.array:
 # %% ../nbs/10_stream.ipynb #ddad2815
 @patch_to(StreamEngine)
 def _decide_before(self, chunk:FrameChunk) -> Decision|None:
-    "The rule decision for this chunk, with `min_interval` applied"
+    "The rule decision for this chunk, with `stream.min_interval_s` applied"
     d = self.policy.before(chunk, self.index)
-    if chunk.start - self.last_spoke < self.cfg.stream.min_interval: return Decision(False, 0.0 if d is None else d.confidence)
+    if chunk.start - self.last_spoke < self.cfg.stream.min_interval_s: return Decision(False, 0.0 if d is None else d.confidence)
     return d
 
 @patch_to(StreamEngine)
@@ -263,7 +263,7 @@ def run(self, source, out_events=None, out_vtt=None, out_metrics=None, on_event=
     events, rows, error, frames = [], [], None, 0
     tic = time.perf_counter()
     try:
-        for chunk in iter_chunks(threaded, self.cfg.video.chunk, self.cfg.video.overlap):
+        for chunk in iter_chunks(threaded, self.cfg.video.chunk_s, self.cfg.video.overlap_s):
             ev, row = self.step(chunk)
             rows.append(row); frames += len(chunk)
             if ev is not None:

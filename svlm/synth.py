@@ -293,7 +293,7 @@ class Event:
     def to_dict(self) -> dict: return dict(t=self.t, kind=self.kind, team=self.team, text=self.text)
 
 # %% ../nbs/03_synth.ipynb #db811b6a
-def _next_state(kind, variant, team, role):
+def _next_state(kind, variant, team):
     "Possession after an event: (team index, carrier's role K/D/A)"
     if kind == "pass": return team, "A" if variant == "forward" else "D"
     if kind in ("shot", "goal") or (kind == "out" and variant == "throw"): return 1 - team, "D"
@@ -320,7 +320,7 @@ def script_clip(seed:int=0, cfg:SynthConfig|None=None) -> list[Event]:
         ev = Event(t, kind, who, text, word_times(text, t), variant, team, role, u)
         if ev.hold > cfg.duration - 0.2: break
         events.append(ev)
-        team, role = _next_state(kind, variant, team, role)
+        team, role = _next_state(kind, variant, team)
         cursor = ev.words[-1][1] + gap + rng.exponential(extra)
     return events
 
@@ -415,7 +415,7 @@ def _prepare(m, ev, t):
     if ev.kind == "pass":                                        # "along" = metres towards the goal the team attacks
         along = d*sx
         if ev.variant == "back": want = along - (14 + 8*u0)
-        elif _next_state("pass", "forward", team, ev.role)[1] == "A": want = max(d*_goal_x(team) - (24 + 14*u0), along + 8)
+        elif _next_state("pass", "forward", team)[1] == "A": want = max(d*_goal_x(team) - (24 + 14*u0), along + 8)
         else: want = along + 14 + 8*u0
         tgt = np.array([np.clip(d*want, 4, PITCH_L - 4), np.clip(sy + (u1 - 0.5)*30, 6, PITCH_W - 6)])
         recv = min((p for p in range(5*team + 1, 5*team + 5) if p != shooter), key=lambda p: float(np.hypot(*(m.anchor(p) - tgt))))

@@ -8,8 +8,8 @@ Docs: https://svlm-dev.github.io/svlm/train.html.md"""
 __all__ = ['CKPT_DIR', 'LAST', 'RESUMABLE', 'window_spans', 'window_record', 'window_records', 'Sample', 'DataSet',
            'build_samples', 'FrameCache', 'Batch', 'collate', 'BatchOrder', 'masked_loss', 'make_schedule',
            'make_optimizer', 'freeze', 'make_step', 'save_checkpoint', 'find_checkpoint', 'load_checkpoint',
-           'parse_model_spec', 'build_model', 'resolve_data', 'TrainingError', 'TrainResult', 'train', 'checkpoint_dir',
-           'checkpoint_config', 'load', 'plot_losses', 'teacher_forced_replies']
+           'parse_model_spec', 'build_model', 'resolve_data', 'TrainingError', 'TrainResult', 'Run', 'train',
+           'checkpoint_dir', 'checkpoint_config', 'load', 'plot_losses', 'teacher_forced_replies']
 
 # %% ../nbs/09_train.ipynb #7af9bfa0
 import svlm
@@ -25,11 +25,11 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten, tree_map
 from .core import (InputError, Config, TrainConfig, atomic_write, config_dict, Timer,
-                       peak_memory_mb, reset_peak_memory, write_jsonl, read_jsonl, apply_override, from_dict)
+                       peak_memory_mb, reset_peak_memory, write_jsonl, read_jsonl, with_overrides, migrate)
 from .data import StreamingRecord, load_records, convert
 from .video import read_frames
 from .tokenizer import Tokenizer, load_tokenizer, render
-from .model import ModelConfig, Model, preset, save_model, load_model
+from .model import ModelConfig, Model, preset, save_model, load_model, read_safetensors
 
 # %% ../nbs/09_train.ipynb #3919cd45
 def window_spans(n_chunks:int,        # chunks in the record
@@ -37,7 +37,7 @@ def window_spans(n_chunks:int,        # chunks in the record
                  stride:int,          # chunks between window starts
                 ) -> list[tuple[int, int]]:
     "`(first, end)` chunk ranges of the windows over `n_chunks` chunks; the last one ends at the end"
-    if window < 1 or stride < 1: raise InputError(f"window ({window}) and stride ({stride}) must be at least one chunk", field="train.window")
+    if window < 1 or stride < 1: raise InputError(f"window ({window}) and stride ({stride}) must be at least one chunk", field="train.window_s")
     out, i = [], 0
     while True:
         out.append((i, min(i + window, n_chunks)))
@@ -359,7 +359,7 @@ def load_checkpoint(path, opt:optim.Optimizer|None=None):
     if opt is not None:
         p = ck/"optimizer.safetensors"
         if not p.is_file(): raise InputError("optimizer.safetensors missing: cannot resume exactly", ck)
-        opt.state = tree_unflatten(list(mx.load(str(p)).items()))
+        opt.state = tree_unflatten(list(read_safetensors(p).items()))
         opt.init(model.trainable_parameters())             # marks the state initialized; the loaded entries are kept
         _set_rng_state(st["mlx_rng"])
     return model, tok, st
@@ -392,7 +392,7 @@ def _check_model(model:Model, tok:Tokenizer):
     if not c.vision_tower: raise InputError("the model has no video encoder (vision_tower: false)", field="vision_tower")
 
 # %% ../nbs/09_train.ipynb #c272d228
-def resolve_data(cfg:Config, data=None, out=None, verbose:bool=False):
+def resolve_data(cfg:Config, data=None, out=None):
     "(records, source) from `data` (records JSONL path or list), else `cfg.train.data` if set, else synthetic clips under `out/data`"
     data = data if data is not None else getattr(cfg.train, "data", None)
     if isinstance(data, (list, tuple)): return list(data), "memory"
@@ -437,9 +437,11 @@ class TrainResult:
 
 # %% ../nbs/09_train.ipynb #194d6f2e
 def _run_config(cfg:Config, data_source:str) -> dict:
-    "What a checkpoint must agree with to be resumed: train fields (run control aside), tokenizer, video timing, data"
+    "What a checkpoint must agree with to be resumed: train fields (run control aside), tokenizer, previous-text budget, video timing, data"
     tr = {k: v for k, v in config_dict(cfg.train).items() if k not in RESUMABLE}
-    return dict(train=tr, tokenizer=config_dict(cfg.tokenizer), video=dict(fps=cfg.video.fps, chunk=cfg.video.chunk), data=data_source)
+    c = cfg.cache
+    return dict(train=tr, tokenizer=config_dict(cfg.tokenizer), video=dict(fps=cfg.video.fps, chunk_s=cfg.video.chunk_s), data=data_source,
+                cache=dict(previous_sink_tokens=c.previous_sink_tokens, previous_window_tokens=c.previous_window_tokens))
 
 def _diff(a, b, prefix="") -> list[str]:
     "Dotted keys where nested dicts `a` (checkpoint) and `b` (now) differ, with both values"
@@ -449,7 +451,7 @@ def _diff(a, b, prefix="") -> list[str]:
 
 def _check_resume(ck:Path, st:dict, run_cfg:dict, n_samples:int, tc:TrainConfig):
     "An `InputError` when checkpoint `ck` was made by a run with another config or data; a warning for a changed optimizer setting"
-    diffs = _diff(st.get("run_config", {}), run_cfg)
+    diffs = _diff(migrate(st.get("run_config", {}), ck), run_cfg)      # a checkpoint written before the renames compares under the new names
     if st.get("n_samples") != n_samples: diffs.append(f"n_samples: {st.get('n_samples')} in the checkpoint, {n_samples} now")
     if diffs: raise InputError("checkpoint from another config: " + "; ".join(diffs) + f" (only {', '.join(RESUMABLE)} may change on resume)", ck)
     old = st.get("config", {}).get("train", {})
@@ -464,7 +466,21 @@ def _append_metrics(path:Path, row:dict):
     with open(path, "a", encoding="utf-8") as f: f.write(json.dumps(row) + "\n"); f.flush(); os.fsync(f.fileno())
 
 # %% ../nbs/09_train.ipynb #6e187039
-def _setup(cfg:Config, data, resume_from, out:Path, verbose:bool, frame_cache_mb:float=2048):
+@dataclass
+class Run:
+    "Everything a run trains with, new or resumed"
+    tok: Tokenizer
+    model: Model
+    opt: optim.Optimizer
+    ds: DataSet                 # the rendered training windows
+    order: BatchOrder           # which windows each step draws (its state is checkpointed)
+    frames: FrameCache          # decoded frames of the records
+    run_cfg: dict               # what a checkpoint must agree with to resume this run (`_run_config`)
+    n_train: int                # trainable parameters
+    st: dict|None = None        # the trainer state resumed from
+    ck: Path|None = None        # the checkpoint resumed from
+
+def _setup(cfg:Config, data, resume_from, out:Path, verbose:bool, frame_cache_mb:float=2048) -> Run:
     "Tokenizer, model, optimizer, data set, frames and batch order of a new or resumed run"
     tc = cfg.train
     ck = find_checkpoint(resume_from) if resume_from is not None else None
@@ -484,22 +500,22 @@ def _setup(cfg:Config, data, resume_from, out:Path, verbose:bool, frame_cache_mb
     _check_model(model, tok)
     n_train = freeze(model, tc.freeze_vision, tc.freeze_decoder)
     if ck is None: opt.init(model.trainable_parameters()); mx.random.seed(tc.seed)
-    records, source = resolve_data(cfg, data, out, verbose)
+    records, source = resolve_data(cfg, data, out)
     c = model.config
-    ds = build_samples(records, tok, c.vision_tokens, tc.window, tc.stride, cfg.tokenizer.sink, cfg.tokenizer.window,
+    ds = build_samples(records, tok, c.vision_tokens, tc.window_s, tc.stride_s, cfg.cache.previous_sink_tokens, cfg.cache.previous_window_tokens,
                        c.temporal_patch_size, tc.missing_video, cfg.tokenizer.system, source)
     order = BatchOrder(len(ds), tc.batch_size, tc.seed)
     run_cfg = _run_config(cfg, source)
     if st is not None:
         _check_resume(ck, st, run_cfg, len(ds), tc)
         order.state = st["data"]
-    return dict(tok=tok, model=model, opt=opt, ds=ds, order=order, st=st, ck=ck, run_cfg=run_cfg, n_train=n_train,
-                frames=FrameCache(ds.records, (c.frame_height, c.frame_width), c.temporal_patch_size, frame_cache_mb))
+    return Run(tok, model, opt, ds, order, FrameCache(ds.records, (c.frame_height, c.frame_width), c.temporal_patch_size, frame_cache_mb),
+               run_cfg, n_train, st, ck)
 
 # %% ../nbs/09_train.ipynb #4c16c878
-def _micro_batches(s, tc:TrainConfig, pad_id:int, n_chunks:int):
+def _micro_batches(s:Run, tc:TrainConfig, pad_id:int, n_chunks:int):
     "The `grad_accum` micro-batches of the next optimizer step"
-    return [collate([s["ds"].samples[i] for i in s["order"].next()], s["frames"].frames, pad_id, n_chunks=n_chunks)
+    return [collate([s.ds.samples[i] for i in s.order.next()], s.frames.frames, pad_id, n_chunks=n_chunks)
             for _ in range(tc.grad_accum)]
 
 def _progress(total, initial, enabled):
@@ -521,19 +537,19 @@ def train(cfg:Config,                 # the run's config (train, tokenizer, vide
     out = Path(tc.out); out.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
     s = _setup(cfg, data, resume_from, out, verbose, frame_cache_mb)
-    model, opt, tok = s["model"], s["opt"], s["tok"]
-    start = s["st"]["step"] if s["st"] else 0
-    if start > tc.steps: raise InputError(f"the checkpoint is at step {start}, beyond train.steps={tc.steps}", s["ck"])
+    model, opt, tok = s.model, s.opt, s.tok
+    start = s.st["step"] if s.st else 0
+    if start > tc.steps: raise InputError(f"the checkpoint is at step {start}, beyond train.steps={tc.steps}", s.ck)
     _trim_metrics(out/"metrics.jsonl", start)
-    if verbose: print(f"{s['ds']!r}; {s['n_train']:,} trainable parameters; steps {start}->{tc.steps}")
+    if verbose: print(f"{s.ds!r}; {s.n_train:,} trainable parameters; steps {start}->{tc.steps}")
     pad_id = tok.token_id("<|endoftext|>")
-    n_chunks = tc.batch_size * max(sm.n_chunks for sm in s["ds"].samples)
+    n_chunks = tc.batch_size * max(sm.n_chunks for sm in s.ds.samples)
     step_fn = make_step(model, opt, tc.grad_clip, tc.grad_accum, tc.compile)
     state = [model.state, opt.state, mx.random.state]
-    ckpt = s["ck"]
-    def snapshot(step):
-        return dict(data=s["order"].state, run_config=s["run_cfg"], config=config_dict(cfg), n_samples=len(s["ds"]),
-                    skipped=s["ds"].skipped, model_config=model.config.to_dict())
+    ckpt = s.ck
+    def snapshot():
+        return dict(data=s.order.state, run_config=s.run_cfg, config=config_dict(cfg), n_samples=len(s.ds),
+                    skipped=s.ds.skipped, model_config=model.config.to_dict())
     losses, tokens, window, stopped = [], 0, [], "steps"
     reset_peak_memory()
     bar = _progress(tc.steps, start, progress)
@@ -553,20 +569,20 @@ def train(cfg:Config,                 # the run's config (train, tokenizer, vide
             losses.append(loss); window.append(loss); tokens += ntok; tok_log += ntok
             now = time.perf_counter()
             m = dict(step=step, loss=loss, lr=opt.learning_rate.item(), grad_norm=norm.item(), tokens=ntok, labelled=nlab,
-                     tok_per_s=tok_log / max(now - t_log, 1e-9), peak_mem_mb=peak_memory_mb(), elapsed_s=now - t0, epoch=s["order"].epoch)
+                     tok_per_s=tok_log / max(now - t_log, 1e-9), peak_mem_mb=peak_memory_mb(), elapsed_s=now - t0, epoch=s.order.epoch)
             bar.update(1); bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{m['tok_per_s']:.0f}", mem=f"{m['peak_mem_mb']:.0f}MB", refresh=False)
             if step % tc.log_every == 0 or step == tc.steps:
                 _append_metrics(out/"metrics.jsonl", dict(m, loss=statistics.fmean(window)))
                 window, t_log, tok_log = [], now, 0
-            if step % tc.checkpoint_every == 0 or step == tc.steps: ckpt = save_checkpoint(out, step, model, tok, opt, snapshot(step))
+            if step % tc.checkpoint_every == 0 or step == tc.steps: ckpt = save_checkpoint(out, step, model, tok, opt, snapshot())
             if callback is not None and callback(m, model): stopped = "callback"
             elif max_seconds is not None and now - t0 >= max_seconds: stopped = "time"
             if stopped != "steps":
-                if ckpt is None or not ckpt.name.endswith(f"{step:06d}"): ckpt = save_checkpoint(out, step, model, tok, opt, snapshot(step))
+                if ckpt is None or not ckpt.name.endswith(f"{step:06d}"): ckpt = save_checkpoint(out, step, model, tok, opt, snapshot())
                 break
     finally: bar.close()
     done = start + len(losses)
-    return TrainResult(out, done, start, losses, ckpt, time.perf_counter() - t0, tokens, stopped, len(s["ds"]), s["ds"].skipped, model, tok)
+    return TrainResult(out, done, start, losses, ckpt, time.perf_counter() - t0, tokens, stopped, len(s.ds), s.ds.skipped, model, tok)
 
 # %% ../nbs/09_train.ipynb #a5bad679
 def checkpoint_dir(path) -> Path:
@@ -579,8 +595,7 @@ def checkpoint_config(path, overrides=()) -> Config:
     st = checkpoint_dir(path)/"trainer_state.json"
     try: d = json.loads(st.read_text()).get("config", {}) if st.exists() else {}
     except json.JSONDecodeError as e: raise InputError(f"malformed JSON ({e.msg})", st, e.lineno) from None
-    for o in overrides: apply_override(d, o, Config)
-    return from_dict(Config, d, st)
+    return with_overrides(d, overrides, Config, st)        # a config written before the renames is read under today's names
 
 def load(path,                      # a run folder, a training checkpoint, or a model folder
          overrides=(),              # `section.key=value` strings on top of the trained config

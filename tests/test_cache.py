@@ -5,7 +5,7 @@ import pytest
 import svlm
 import mlx.core as mx
 import svlm.cache as C
-from svlm.cache import StreamingCache, ContiguousKVCache, RawKeyCache, rope_shift
+from svlm.cache import StreamingCache, ContiguousKVCache, RawKeyCache, rope_shift, make_cache
 from svlm.core import CacheConfig, InputError
 from svlm.model import Model, preset
 from svlm.tokenizer import ByteTokenizer, reply_text, user_turn_ids, prefix_ids, qwen_tokenizer_dir, load_tokenizer
@@ -13,7 +13,7 @@ from svlm.tokenizer import ByteTokenizer, reply_text, user_turn_ids, prefix_ids,
 TOK = ByteTokenizer()
 E, VP = TOK.token_id("<|im_end|>"), TOK.token_id("<|video_pad|>")
 WORDS = "goal pass shot save corner cross tackle header offside foul what a strike from Modric ... keeper".split()
-SMALL = CacheConfig(sink=8, window=16, vision_window=4)
+SMALL = CacheConfig(previous_sink_tokens=8, previous_window_tokens=16, vision_rounds=4)
 
 
 def tiny(layers=1, seed=0):
@@ -51,7 +51,7 @@ def stream(model, cfg, chunks, seed=0, n_vision=6, layer_cls=None, check=True, p
     rng = np.random.default_rng(seed)
     sc = StreamingCache(model, TOK, cfg, previous=" ".join(rng.choice(WORDS) for _ in range(previous_words)), system="Commentate.")
     if layer_cls is not None:
-        sc.layers = [layer_cls(sc.head_dim, sc.rope_theta, cfg.step) for _ in sc.layers]; sc.layers[0].log = []
+        sc.layers = [layer_cls(sc.head_dim, sc.rope_theta, cfg.step_tokens) for _ in sc.layers]; sc.layers[0].log = []
     feats = [mx.random.normal((n_vision, model.config.hidden_size), key=mx.random.key(10_000 + k)) for k in range(chunks)]
     errs, outs = [], []
     for k in range(chunks):
@@ -71,9 +71,9 @@ def stream(model, cfg, chunks, seed=0, n_vision=6, layer_cls=None, check=True, p
 def test_oracle_one_layer_60_chunks(m1):
     errs, sc, _ = stream(m1, SMALL, 60)
     assert errs.max() < 1e-4, errs.max()
-    assert sc.n_previous > SMALL.sink + SMALL.window            # the previous text was trimmed ...
-    assert sc.n_rounds == 60 and len(sc.rounds) == SMALL.vision_window   # ... and rounds evicted, many times
-    assert sc.prev_head == SMALL.sink and sc.prev_tail == SMALL.window
+    assert sc.n_previous > SMALL.previous_sink_tokens + SMALL.previous_window_tokens            # the previous text was trimmed ...
+    assert sc.n_rounds == 60 and len(sc.rounds) == SMALL.vision_rounds   # ... and rounds evicted, many times
+    assert sc.prev_head == SMALL.previous_sink_tokens and sc.prev_tail == SMALL.previous_window_tokens
 
 def test_oracle_fails_without_rerotation(m1, monkeypatch):
     monkeypatch.setattr(C, "rope_shift", lambda x, shift, dims, base: x)   # move keys, forget to rotate them
@@ -81,11 +81,12 @@ def test_oracle_fails_without_rerotation(m1, monkeypatch):
     assert errs.max() > 1e-2
 
 def test_oracle_other_sizes(m1):
-    for cfg in (CacheConfig(sink=0, window=5, vision_window=2), CacheConfig(sink=3, window=0, vision_window=1),
-                CacheConfig(sink=40, window=40, vision_window=3, step=16)):
+    for cfg in (CacheConfig(previous_sink_tokens=0, previous_window_tokens=5, vision_rounds=2),
+                CacheConfig(previous_sink_tokens=3, previous_window_tokens=0, vision_rounds=1),
+                CacheConfig(previous_sink_tokens=40, previous_window_tokens=40, vision_rounds=3, step_tokens=16)):
         errs, sc, _ = stream(m1, cfg, 25, seed=2, n_vision=3)
         assert errs.max() < 1e-4, (cfg, errs.max())
-        assert len(sc.rounds) <= cfg.vision_window and sc.prev_head <= cfg.sink and sc.prev_tail <= cfg.window
+        assert len(sc.rounds) <= cfg.vision_rounds and sc.prev_head <= cfg.previous_sink_tokens and sc.prev_tail <= cfg.previous_window_tokens
 
 def test_two_layers_equal_streamingvlm_reference(m2):
     ea, sa, oa = stream(m2, SMALL, 60, check=False)
@@ -101,7 +102,7 @@ def test_two_layers_equal_streamingvlm_reference(m2):
     for i in (0, 1): assert mx.abs(sa[0].state[i] - kv[0].state[i]).max().item() < 1e-4
 
 def test_bounded_2000_chunks(m1):
-    cfg, n_vision, most = CacheConfig(sink=8, window=16, vision_window=4, step=64), 2, 6
+    cfg, n_vision, most = CacheConfig(previous_sink_tokens=8, previous_window_tokens=16, vision_rounds=4, step_tokens=64), 2, 6
     rng = np.random.default_rng(5)
     sc = StreamingCache(m1, TOK, cfg, previous="x " * 50, system="S.")
     user_max = len(user_turn_ids(TOK, 1999.0, 2000.0, n_vision))
@@ -119,12 +120,12 @@ def test_bounded_2000_chunks(m1):
         top, cap = max(top, sc.offset + len(sc._pending)), max(cap, sc[0].keys.shape[2])
         assert sc.offset <= bound
     assert len(sc.kept_ids()) == sc.offset and len(sc.rounds) == 4 and sc.n_rounds == 2000
-    assert top <= bound and cap <= cfg.step * math.ceil(bound / cfg.step) + cfg.step
+    assert top <= bound and cap <= cfg.step_tokens * math.ceil(bound / cfg.step_tokens) + cfg.step_tokens
     assert time.perf_counter() - t < 120                         # cheap enough for the suite (~20 s here)
 
 def test_sink_mode_oracle(m1):
-    cfg = CacheConfig(mode="sink", n_sink=4, max_size=48, step=16)
-    sc = StreamingCache(m1, cfg=cfg)
+    cfg = CacheConfig(mode="sink", sink_tokens=4, max_tokens=48, step_tokens=16)
+    sc = make_cache(m1, cfg=cfg)
     rng = np.random.default_rng(1)
     seen, worst = [], 0.0
     for i in range(80):
@@ -134,16 +135,16 @@ def test_sink_mode_oracle(m1):
         ref = m1(mx.array(before + ids)[None])[:, -len(ids):]
         worst = max(worst, mx.abs(got - ref).max().item())
         seen += ids
-        assert sc.offset <= cfg.max_size
+        assert sc.offset <= cfg.max_tokens
     kept = sc.kept_ids()
     assert worst < 1e-4, worst
     assert kept[:4] == seen[:4] and kept[4:] == seen[len(seen) - len(kept) + 4:]
-    assert cfg.max_size - cfg.step <= sc.offset
+    assert cfg.max_tokens - cfg.step_tokens <= sc.offset
 
 def test_sink_mode_ids_declared_ahead_or_late(m1):
-    cfg = CacheConfig(mode="sink", n_sink=2, max_size=20, step=4)
+    cfg = CacheConfig(mode="sink", sink_tokens=2, max_tokens=20, step_tokens=4)
     ids = [int(i) for i in np.random.default_rng(0).integers(0, 256, 100)]
-    a, b = StreamingCache(m1, cfg=cfg), StreamingCache(m1, cfg=cfg)
+    a, b = make_cache(m1, cfg=cfg), make_cache(m1, cfg=cfg)
     a.declare(ids[:50])                                          # declared before being fed
     for i in range(0, 50, 7): m1(mx.array(ids[i:min(i + 7, 50)])[None], cache=a)
     for i in range(50, 100, 3): m1(mx.array(ids[i:i + 3])[None], cache=a)
@@ -156,7 +157,7 @@ def test_generate_step_drives_both_modes(m1):
     from mlx_lm.generate import generate_step
     ban = np.full(TOK.vocab_size, -1e9, np.float32); ban[:256] = 0; ban[E] = 0
     proc = [lambda toks, logits: logits + mx.array(ban)]
-    sc = StreamingCache(m1, TOK, CacheConfig(sink=4, window=8, vision_window=2))
+    sc = StreamingCache(m1, TOK, CacheConfig(previous_sink_tokens=4, previous_window_tokens=8, vision_rounds=2))
     feats = {}
     for k in range(10):
         ids = sc.start_round(float(k), float(k + 1), 3)
@@ -170,7 +171,7 @@ def test_generate_step_drives_both_modes(m1):
         if last is not None: assert mx.abs(last - fresh(m1, sc, feats)[:, -1]).max().item() < 1e-4
         sc.end_round()
     assert len(sc.rounds) == 2
-    sc = StreamingCache(m1, cfg=CacheConfig(mode="sink", n_sink=4, max_size=32, step=8))
+    sc = make_cache(m1, cfg=CacheConfig(mode="sink", sink_tokens=4, max_tokens=32, step_tokens=8))
     p = TOK.encode("Kickoff. ")
     sc.declare(p)
     n = 0
@@ -180,7 +181,7 @@ def test_generate_step_drives_both_modes(m1):
 
 def test_full_mode_keeps_everything(m1):
     rng = np.random.default_rng(0)
-    sc = StreamingCache(m1, TOK, CacheConfig(mode="full", vision_window=2))
+    sc = make_cache(m1, TOK, CacheConfig(mode="full", vision_rounds=2))
     seen = []
     for k in range(12):
         ids = sc.start_round(float(k), float(k + 1), 2); sc.feed(m1, ids)
@@ -189,7 +190,7 @@ def test_full_mode_keeps_everything(m1):
     assert sc.kept_ids() == seen and len(sc.rounds) == 12 and sc.bound(1, 1) == math.inf
 
 def test_commentary_span_and_previous_text(m1):
-    sc = StreamingCache(m1, TOK, CacheConfig(sink=100, window=100, vision_window=1), previous="P.")
+    sc = StreamingCache(m1, TOK, CacheConfig(previous_sink_tokens=100, previous_window_tokens=100, vision_rounds=1), previous="P.")
     def chunk(k, reply):
         sc.feed(m1, sc.start_round(float(k), float(k + 1), 1)); sc.feed(m1, reply); return sc.end_round()
     r = chunk(0, TOK.encode(" goal now ...") + [E])
@@ -203,11 +204,11 @@ def test_commentary_span_and_previous_text(m1):
     assert TOK.decode(prev) == "P. goal now cut sho"               # V=1: rounds 0-2 moved their words in order
 
 def test_vision_window_one_pending_closing(m1):
-    errs, sc, _ = stream(m1, CacheConfig(sink=8, window=16, vision_window=1), 15, seed=4)
+    errs, sc, _ = stream(m1, CacheConfig(previous_sink_tokens=8, previous_window_tokens=16, vision_rounds=1), 15, seed=4)
     assert errs.max() < 1e-4 and len(sc.rounds) == 1
 
 def test_save_load_continue(m1, m2, tmp_path):
-    for model, cfg in ((m2, SMALL), (m1, CacheConfig(sink=2, window=3, vision_window=2, step=8))):
+    for model, cfg in ((m2, SMALL), (m1, CacheConfig(previous_sink_tokens=2, previous_window_tokens=3, vision_rounds=2, step_tokens=8))):
         rng = np.random.default_rng(7)
         sc = StreamingCache(model, TOK, cfg, previous="Before the clip.")
         for k in range(7):
@@ -223,10 +224,10 @@ def test_save_load_continue(m1, m2, tmp_path):
             assert mx.abs(a[0] - a[1]).max().item() < 1e-5
         assert sc2.kept_ids() == sc.kept_ids()
     # an open round and sink mode survive too
-    sc = StreamingCache(m1, cfg=CacheConfig(mode="sink", n_sink=2, max_size=16, step=4))
+    sc = make_cache(m1, cfg=CacheConfig(mode="sink", sink_tokens=2, max_tokens=16, step_tokens=4))
     sc.feed(m1, list(range(40)))
     sc2 = StreamingCache.load(sc.save(tmp_path/"k.safetensors"))
-    assert sc2.kept_ids() == sc.kept_ids() and sc2[0].max_size == 16
+    assert sc2.kept_ids() == sc.kept_ids() and sc2[0].max_tokens == 16
     a, b = sc.feed(m1, [1, 2, 3]), sc2.feed(m1, [1, 2, 3])
     assert mx.abs(a - b).max().item() < 1e-5 and sc.kept_ids() == sc2.kept_ids()
 
@@ -257,8 +258,8 @@ def test_misuse(m1):
     m1(mx.array([[1, 2, 3]]), cache=sc); sc.declare([1, 2, 3])   # tokens outside any round
     with pytest.raises(RuntimeError, match="layout accounts for"): sc.start_round(0.0, 1.0, 2)
     with pytest.raises(InputError, match="needs a tokenizer"): StreamingCache(m1)
-    with pytest.raises(InputError, match="has no tokenizer"): StreamingCache(m1, cfg=CacheConfig(mode="sink")).start_round()
-    with pytest.raises(InputError, match="cache.max_size"): StreamingCache(m1, TOK, CacheConfig(n_sink=8, max_size=8))
+    with pytest.raises(InputError, match="has no tokenizer"): make_cache(m1, cfg=CacheConfig(mode="sink")).start_round()
+    with pytest.raises(InputError, match="cache.max_tokens"): StreamingCache(m1, TOK, CacheConfig(sink_tokens=8, max_tokens=8))
     with pytest.raises(IndexError): ContiguousKVCache(16, 1e6).relayout([0])
 
 def test_relayout_keeps_dtype_and_capacity():
@@ -283,7 +284,7 @@ def test_qwen_layout():
     m = Model(preset("tiny", vocab_size=qt.vocab_size, hidden_size=16, intermediate_size=32, num_attention_heads=2,
                      num_key_value_heads=1, video_pad_id=qt.token_id("<|video_pad|>")))
     prev = "Earlier commentary goes right here in this clip."
-    sc = StreamingCache(m, qt, CacheConfig(sink=4, window=4, vision_window=1), previous=prev)
+    sc = StreamingCache(m, qt, CacheConfig(previous_sink_tokens=4, previous_window_tokens=4, vision_rounds=1), previous=prev)
     ids = sc.start_round(3.0, 4.0, 2)
     assert ids == prefix_ids(qt, prev, 4, 4) + user_turn_ids(qt, 3.0, 4.0, 2)
     sc.feed(m, ids)

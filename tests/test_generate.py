@@ -381,11 +381,11 @@ def test_streaming_cache_from_svlm_cache(model):
     from svlm.core import CacheConfig
     ids = TOK.encode("A long enough prompt for sliding")
     want = generate(model, TOK, ids, config=GREEDY, stop_ids=()).tokens
-    cache = sc.StreamingCache(model, TOK, CacheConfig(mode="sink", n_sink=4, max_size=512, step=16))   # never slides here
+    cache = sc.make_cache(model, TOK, CacheConfig(mode="sink", sink_tokens=4, max_tokens=512, step_tokens=16))   # never slides here
     cache.declare(ids)
     g = generate(model, TOK, ids, cache=cache, config=GREEDY, stop_ids=(), prefill_step=8, on_token=lambda t: cache.declare([t]))
     assert g.tokens == want and cache.kept_ids() == ids + want
-    small = sc.StreamingCache(model, TOK, CacheConfig(mode="sink", n_sink=4, max_size=24, step=8))       # slides while generating
+    small = sc.make_cache(model, TOK, CacheConfig(mode="sink", sink_tokens=4, max_tokens=24, step_tokens=8))       # slides while generating
     small.declare(ids)
     g = generate(model, TOK, ids, cache=small, config=replace(GREEDY, max_new_tokens=30), stop_ids=(), on_token=lambda t: small.declare([t]))
     assert len(g.tokens) == 30 and small.offset <= 24 and len(small.kept_ids()) == small.offset

@@ -95,7 +95,7 @@ def test_checkpoint_from_another_config(records, tmp_path):
     train(cfg, data=records, progress=False)
     with pytest.raises(InputError, match=r"checkpoint from another config: train.batch_size: 2 in the checkpoint, 3 now"):
         train(_cfg(tmp_path/"run", "train.steps=8", "train.batch_size=3"), data=records, progress=False, resume_from=tmp_path/"run")
-    with pytest.raises(InputError, match=r"tokenizer.sink: 16 in the checkpoint, 8 now"):
+    with pytest.raises(InputError, match=r"cache.previous_sink_tokens: 16 in the checkpoint, 8 now"):   # set by its old name, tokenizer.sink
         train(_cfg(tmp_path/"run", "train.steps=8", "tokenizer.sink=8"), data=records, progress=False, resume_from=tmp_path/"run")
     with pytest.raises(InputError, match=r"train.model: 'tiny' in the checkpoint, 'tiny:num_hidden_layers=1' now"):
         train(_cfg(tmp_path/"run", "train.steps=8", "train.model=tiny:num_hidden_layers=1"), data=records, progress=False, resume_from=tmp_path/"run")
@@ -106,6 +106,24 @@ def test_checkpoint_from_another_config(records, tmp_path):
         train(cfg, data=records, progress=False, resume_from=tmp_path)
     with pytest.raises(InputError, match="checkpoint not found"):
         train(cfg, data=records, progress=False, resume_from=tmp_path/"nope")
+
+def test_resume_a_checkpoint_written_before_the_renames(records, tmp_path):
+    "A checkpoint whose trainer state uses the old setting names (tokenizer.sink, train.window, video.chunk, ...) resumes, and loads"
+    from svlm.train import checkpoint_config
+    train(_cfg(tmp_path/"run", "train.steps=2", "train.checkpoint_every=2", "train.compile=false"), data=records, progress=False)
+    p = find_checkpoint(tmp_path/"run")/"trainer_state.json"
+    st = json.loads(p.read_text())
+    rc, c = st["run_config"], st["config"]
+    rc["tokenizer"].update(sink=rc.pop("cache")["previous_sink_tokens"], window=32)
+    rc["train"]["window"], rc["train"]["stride"] = rc["train"].pop("window_s"), rc["train"].pop("stride_s")
+    rc["video"]["chunk"] = rc["video"].pop("chunk_s")
+    c["tokenizer"].update(sink=16, window=32)
+    c["cache"] = {"sink": 16, "window": 32, "vision_window": c["cache"]["vision_rounds"], "n_sink": 4, "max_size": 4096, "step": 256, "mode": "streaming"}
+    c["train"]["window"], c["train"]["stride"] = c["train"].pop("window_s"), c["train"].pop("stride_s")
+    p.write_text(json.dumps(st))
+    assert checkpoint_config(tmp_path/"run").cache.previous_window_tokens == 32
+    r = train(_cfg(tmp_path/"run", "train.steps=3", "train.compile=false"), data=records, progress=False, resume_from=tmp_path/"run")
+    assert (r.first_step, r.step) == (2, 3)
 
 def test_bad_data(records, tmp_path):
     gone = replace(records[0], id="train:7", video="videos/missing.mp4")
@@ -143,3 +161,21 @@ def test_grad_accum_and_freezing(records, tmp_path):
     assert all((a[k] == b[k]).all() for k in a if k.startswith("visual."))          # the frozen encoder did not move
     assert any((a[k] != b[k]).any() for k in a if k.startswith("model."))
     assert sum(m["tokens"] > 0 for m in r.metrics()) == 1 and len(r.losses) == 3
+
+@pytest.mark.parametrize("name", ["optimizer.safetensors", "model.safetensors", "trainer_state.json"])
+def test_truncated_checkpoint_file_is_refused_by_name(records, tmp_path, name):
+    "Every file of a checkpoint goes through a checked reader: `svlm train --resume-from` exits 2 naming the file, and writes nothing"
+    from svlm.cli import main
+    train(_cfg(tmp_path/"run", "train.steps=2", "train.checkpoint_every=2", "train.compile=false"), data=records, progress=False)
+    ck = find_checkpoint(tmp_path/"run")
+    p = ck/name
+    p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2])
+    before = sorted((q.relative_to(tmp_path), q.stat().st_mtime_ns) for q in tmp_path.rglob("*") if q.is_file())
+    data = tmp_path/"train.jsonl"
+    data.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    err = __import__("io").StringIO()
+    with __import__("contextlib").redirect_stderr(err):
+        rc = main(["train", "--data", str(data), "--resume-from", str(tmp_path/"run"), *BASE, f"train.out={tmp_path/'run'}", "train.steps=4"])
+    assert rc == 2 and name in err.getvalue(), err.getvalue()
+    after = sorted((q.relative_to(tmp_path), q.stat().st_mtime_ns) for q in tmp_path.rglob("*") if q.is_file() and q != data)
+    assert after == before
