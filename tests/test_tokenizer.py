@@ -214,3 +214,17 @@ def test_to_mx():
     assert m.dtype == mx.int32 and m.tolist() == a.tolist()
     assert T.to_mx([1, 2]).tolist() == [1, 2] and T.to_mx(m) is m
     assert T.to_mx({"x": a})["x"].shape == (2, 3)
+
+@needs_qwen
+def test_prefix_equals_one_shot_encoding_for_any_previous_text(qt):
+    "Leading and trailing whitespace and line breaks in the previous text: svlm's ids are the rendered layout's, encoded in one go"
+    from hypothesis import given, settings, strategies as st
+    piece = st.sampled_from(["\n", "\n\n", " ", "  ", "\t", " \n ", "Kick-off!", "The teams walk out.", "Red", " 2-1", "...", "\r\n"])
+    @settings(max_examples=300, deadline=None)
+    @given(parts=st.lists(piece, max_size=8))
+    def check(parts):
+        previous = "".join(parts)
+        want = qt.encode(f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>previous text\n{previous}<|im_end|>\n",
+                         allow_special=True)
+        assert prefix_ids(qt, previous, 10**6, 10**6) == want, repr(previous)
+    check()

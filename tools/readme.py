@@ -6,7 +6,7 @@
 Markdown cells are copied, code cells become fenced Python blocks with their text outputs;
 cells marked `#| hide` are left out, as nbdev leaves them out.
 """
-import json, sys
+import json, re, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,8 +20,8 @@ def render(nb_path=ROOT/"nbs"/"index.ipynb") -> str:
     for c in nb["cells"]:
         src = _src(c).strip()
         if not src or any(l.strip().replace(" ", "") in ("#|hide", "#|exporti") for l in src.splitlines()[:3]): continue
-        if c["cell_type"] == "markdown":
-            parts.append(src)
+        if c["cell_type"] == "markdown":                  # the notebook links its siblings (`00_core.ipynb`); the README sits a folder up
+            parts.append(re.sub(r"\]\((\d\d_\w+\.ipynb)\)", r"](nbs/\1)", src))
         elif c["cell_type"] == "code":
             code = "\n".join(l for l in src.splitlines() if not l.startswith("#|"))
             parts.append(f"```python\n{code}\n```")
