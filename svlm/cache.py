@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import mlx.core as mx
 from .core import InputError, atomic_write, CacheConfig, migrate
-from .model import KVCache
+from .model import KVCache, read_safetensors
 from .tokenizer import Tokenizer, DEFAULT_SYSTEM, previous_block, prefix_ids, user_turn_ids
 
 # %% ../nbs/09_cache.ipynb #c8f6d0fb
@@ -363,8 +363,7 @@ class BaseStreamCache:
     @classmethod
     def load(cls, path, tok:Tokenizer|None=None) -> "BaseStreamCache":
         "The cache saved at `path` (safetensors only), as the class its saved mode names; pass `tok` to start further rounds"
-        try: arrays, meta = mx.load(str(path), format="safetensors", return_metadata=True)
-        except Exception as e: raise InputError(f"unreadable safetensors file ({e})", path) from None
+        arrays, meta = read_safetensors(path, metadata=True)                # the checked reader every svlm file goes through
         if "svlm" not in meta: raise InputError(f"no 'svlm' metadata: not an {FORMAT} file", path)
         try: n = int(json.loads(meta["svlm"])["n_layers"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError): raise InputError("malformed 'svlm' metadata", path) from None

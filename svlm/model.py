@@ -480,4 +480,5 @@ def load_model(path, dtype=None) -> Model:
     d = read_json(path/"config.json")
     config = ModelConfig.from_dict(d, path/"config.json")
     model = Model(config)
-    return assign_weights(model, from_hf(read_weights(path), config), path, dtype)
+    src = path/INDEX_NAME if (path/INDEX_NAME).exists() else path/WEIGHTS_NAME   # errors name the weights file, not the folder
+    return assign_weights(model, from_hf(read_weights(path), config), src, dtype)

@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 from fastcore.basics import patch_to
-from .core import InputError, atomic_write
+from .core import InputError, atomic_write, read_json
 from .model import Attention as Qwen2Attention, TransformerBlock, CausalLM, attention_mask, read_weights, assign_weights
 from .vision import VisionConfig, VisionTower, vision_weights, rotate_half
 
@@ -277,8 +277,7 @@ def load_qwen25vl(path, dtype=None) -> tuple:
     "(model, config) from a local Qwen2.5-VL folder (transformers', or svlm's, quantized or not), floats cast to `dtype` (default float32); never runs code"
     path = Path(path)
     if not (cf := path/"config.json").exists(): raise InputError("no config.json in the checkpoint folder", path)
-    try: d = json.loads(cf.read_text())
-    except json.JSONDecodeError as e: raise InputError(f"malformed JSON ({e.msg})", cf, e.lineno) from None
+    d = read_json(cf)
     config = Qwen25VLConfig.from_hf(d, cf)
     model = Qwen25VL(config)
     weights = qwen25vl_weights(read_weights(path), config)
