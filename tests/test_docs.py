@@ -13,21 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/"tools"))
 import docs_check as dc
 
-def _browser_missing():
-    "Why the browser check cannot run here, or None"
-    try:
-        dc.chromium_path()
-        import playwright.sync_api  # noqa: F401
-    except (dc.NoBrowser, ImportError) as e: return str(e)
-
-def _need_browser():
-    why = _browser_missing()
-    if why and os.environ.get("CI"): pytest.fail(f"CI needs the browser for the docs check: {why}")
-    if why: pytest.skip(f"no browser for the docs check ({why}); CI runs it")
-
-def _out(tmp_path):
-    out = os.environ.get("SVLM_DOCS_OUT")
-    return Path(out) if out else tmp_path
+_browser_missing = dc.browser_missing
+_need_browser = lambda: dc.need_browser("the docs check")
+_out = lambda tmp_path: dc.out_dir(tmp_path)
 
 def test_docs_build(tmp_path):
     "nbdev-proc-nbs succeeds on every notebook; show_doc entries, sidebar, nbdev.yml; DEFAULT_PAGES in Chromium"

@@ -432,3 +432,27 @@ def main(argv=None):
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--_proc": sys.exit(_proc_main(Path(sys.argv[2]), int(sys.argv[3])))
     sys.exit(main())
+
+
+def browser_missing():
+    "Why a browser check cannot run here (no Chromium, no Playwright), or None"
+    try:
+        chromium_path()
+        import playwright.sync_api  # noqa: F401
+    except (NoBrowser, ImportError) as e: return str(e)
+
+
+def need_browser(what: str):
+    "In a test: fail under CI (`$CI` set) when the browser is missing, skip elsewhere, saying so"
+    import pytest
+    why = browser_missing()
+    if why and os.environ.get("CI"): pytest.fail(f"CI needs the browser for {what}: {why}")
+    if why: pytest.skip(f"no browser for {what} ({why}); CI runs it")
+
+
+def out_dir(tmp_path, sub: str = "") -> Path:
+    "Where a browser test keeps its pages and screenshots: `$SVLM_DOCS_OUT`/sub if set, else `tmp_path`"
+    out = os.environ.get("SVLM_DOCS_OUT")
+    d = Path(out)/sub if out else Path(tmp_path)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
