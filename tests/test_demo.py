@@ -1,13 +1,22 @@
 """The README's main job, as a user runs it: `svlm demo` trains the toy model on synthetic clips and streams two held-out
-clips it has never seen. It must commentate at the right moments.
+clips it has never seen. It must commentate at the right moments, and its headline must tell the truth about what it said.
 
 The synthetic clips have an event every 4-5 s, so at the standard tolerance (±1.5 s) a blind fixed schedule already
 scores well: speaking every 3rd second gets F 0.75 on the held-out clips, the luckiest schedule (every 5th, best phase)
-0.89. In the very chunk (±0.5 s) the best fixed schedule gets 0.33, and the trained toy model 0.97 (measured with seed 0,
-greedy decoding). So the test asks for F >= 0.8 in the very chunk, and >= 0.85 at ±1.5 s.
+0.89. In the exact chunk (±0.5 s) the best fixed schedule gets 0.33, and the trained toy model 0.97 (measured with seed 0,
+greedy decoding). So the test asks for F >= 0.8 in the exact chunk, and >= 0.85 at ±1.5 s.
+
+Timing is not the words: the headline also prints event accuracy (does each matched line name the reference's kind of
+event?) and ROUGE-L, and the test recomputes every figure of it from the files the demo wrote, and reads each reference
+line back from the printed side-by-side tables. (No bar on event accuracy yet: today's toy says "<team> passes forward."
+at most events; issue #15 raises it.)
 """
-import json, subprocess, sys
+import json, re, subprocess, sys
 from pathlib import Path
+import pytest
+from svlm.data import load_records
+from svlm.events import read_events
+from svlm.eval import score_clips
 
 SVLM = Path(sys.executable).parent/"svlm"
 
@@ -22,3 +31,31 @@ def test_demo_learns_to_commentate(tmp_path):
         assert events and all(e["text"].strip() for e in events)
         assert (tmp_path/f"heldout_{i}.vtt").read_text().startswith("WEBVTT")
     assert (Path(s["checkpoint"])/"model.safetensors").exists()
+
+    # the scores, recomputed from what was written: the events of each held-out clip against its reference record
+    recs = load_records(tmp_path/"data"/"heldout.jsonl")
+    sc = score_clips({rec.id: (read_events(tmp_path/f"heldout_{i}.jsonl"), rec) for i, rec in enumerate(recs)})
+    p = sc["pooled"]
+    for k in ("f1", "f1_exact", "event_acc", "team_acc", "rouge_l", "matched", "n_ref"):
+        assert s[k] == pytest.approx(p[k]), (k, s[k], p[k])
+    assert json.loads((tmp_path/"scores.json").read_text())["pooled"] == json.loads(json.dumps(p))
+    assert p["event_acc"] is not None and 0 <= p["event_acc"] <= 1
+
+    # the headline prints them together, as computed
+    out = r.stdout
+    head = next(l for l in out.splitlines() if l.startswith("4. on 2 held-out clips:"))
+    assert (f"timing F {p['f1']:.2f} at ±1.5 s, {p['f1_exact']:.2f} in the exact chunk; event accuracy {p['event_acc']:.2f} "
+            f"(team {p['team_acc']:.2f}); ROUGE-L {p['rouge_l']:.2f}") in head, head
+    # one table per clip: every reference line on the row of its time, beside the model's line and the verdict on its kind
+    tables = re.split(r"^3\. held-out clip \d", out, flags=re.M)[1:]
+    tables[-1] = tables[-1].split("\n4. ")[0]
+    assert len(tables) == len(sc["clips"]) == 2
+    for c, table in zip(sc["clips"], tables):
+        for x in c["pairs"]:
+            row = re.search(rf"^ +{c['ref'][x['ref']]['start']:.1f}s  {re.escape(x['ref_text'][:25])}.*$", table, re.M)
+            assert row, (x, table)
+            verdict = "yes" if x["kind_ok"] else f"no: {x['pred_kind'] or 'none'}" if x["kind_ok"] is False else "–"
+            assert row.group(0).rstrip().endswith(verdict), (row.group(0), x)
+    n_ok = sum(bool(x["kind_ok"]) for c in sc["clips"] for x in c["pairs"])
+    assert len(re.findall(r" yes$", out, re.M)) == n_ok
+    assert f"wrote, under {tmp_path}" in out and "scores.json" in out

@@ -9,7 +9,8 @@ from svlm.core import InputError
 from svlm.events import (Event, write_events, read_events, to_webvtt, write_vtt, read_vtt, vtt_time, parse_vtt_time, check_metric,
                          write_metrics, read_metrics, summarize_run)
 from svlm.eval import (merge_utterances, match_utterances, prf, words, lcs_length, rouge_l, word_f1, score_clip, score_clips, report,
-                       plot_report)
+                       plot_report, event_kind, event_team, event_mentions, LABELS, event_rows, side_by_side)
+from svlm.synth import script_clip, KINDS
 from svlm.playback import StreamPlayer, video_html, jpeg
 from svlm.video import write_test_clip, frame_index as barcode
 
@@ -180,6 +181,40 @@ def test_word_f1():
     assert word_f1("", "") == 1.0 and rouge_l("", "x") == 0.0
     assert words("it's 3-1!") == ["it", "s", "3", "1"]
 
+# ---- event kinds
+
+def test_event_kind_agrees_with_the_synthetic_labels():
+    evs = [e for seed in range(1000, 1600) for e in script_clip(seed)]
+    assert {e.kind for e in evs} == set(KINDS)                                       # every kind is exercised
+    bad = [(e.text, e.kind, event_kind(e.text)) for e in evs if event_kind(e.text) != e.kind]
+    assert not bad, bad[:10]
+    bad = [(e.text, e.team, event_team(e.text)) for e in evs if event_team(e.text) != (e.team if e.team.lower() in words(e.text) else None)]
+    assert not bad, bad[:10]
+
+def garble(rng, text):
+    "The same sentence in other case, spacing and punctuation: commas kept or dropped, any ending"
+    ws = [rng.choice([w.lower(), w.upper(), w.capitalize()]) for w in text.split()]
+    ws = [w.rstrip(".!?") + rng.choice(["", ".", "!", " ...", "!!", "?!"]) if k == len(ws) - 1 else w.rstrip(",") if rng.random() < 0.5 else w
+          for k, w in enumerate(ws)]
+    return rng.choice(["", " ", "  "]) + rng.choice([" ", "  "]).join(ws) + rng.choice(["", " ", "\n"])
+
+def test_event_kind_ignores_case_and_punctuation():
+    rng = random.Random(6)
+    evs = {e.text: e for seed in range(50) for e in script_clip(seed)}
+    for text, e in evs.items():
+        for _ in range(20):
+            g = garble(rng, text)
+            assert (event_kind(g), event_team(g)) == (event_kind(text), event_team(text)), (text, g)
+
+def test_event_kind_phrasings():
+    for text, want in {"Blue shoots and scores!": "goal", "Into the net, Red!": "goal", "Out for a goal kick": "out",
+                       "Goal kick to Blue.": "out", "Saved! No goal.": "save", "Red shot, blocked": "shot", "Red fires wide": "out",
+                       "Red plays it out wide to the wing": "pass", "what a catch by blue": "save", "Blue keeps possession": "pass",
+                       "Red": None, "Nice one.": None, "": None, "a b c": None}.items():
+        assert event_kind(text) == want, (text, event_kind(text), event_mentions(text))
+    assert event_team("Red shoots, saved by Blue!") == "Blue" and event_team("Red shoots, blocked!") == "Red"
+    assert event_team("Goal! Blue lead 1-0.") == "Blue" and event_team("Out for a throw-in.") is None
+
 # ---- scoring
 
 def test_score_clips_pooled():
@@ -197,6 +232,42 @@ def test_score_clips_pooled():
     assert s["clip_mean"]["f1"] == pytest.approx(np.mean([c["f1"] for c in s["clips"]]))
     json.dumps(s)
     assert "| **pooled** |" in s._repr_markdown_()
+    for c in s["clips"] + [s["pooled"]]: assert c["matched_exact"] <= c["matched"] and c["f1_exact"] <= c["f1"] + 1e-12
+    assert np.array(s["pooled"]["confusion"]["counts"]).tolist() == np.sum([c["confusion"]["counts"] for c in s["clips"]], axis=0).tolist()
+    assert np.sum(s["pooled"]["confusion"]["counts"]) == s["pooled"]["matched"]
+
+def synth_clip(seed):
+    "Reference utterances of a scripted clip, one per event, at whole seconds"
+    return [Event(float(round(e.t)), round(e.t) + 1.0, e.text) for e in script_clip(seed)]
+
+def test_event_accuracy_by_construction():
+    rng = random.Random(7)
+    clips = [synth_clip(s) for s in range(40)]
+    kinds = {k: next(e.text for s in range(40) for e in script_clip(s) if e.kind == k) for k in KINDS}   # one line of each kind
+    same = score_clips([([Event(e.start, e.end, garble(rng, e.text)) for e in ref], ref) for ref in clips])["pooled"]
+    assert (same["f1"], same["f1_exact"], same["event_acc"], same["team_acc"]) == (1.0, 1.0, 1.0, 1.0)
+    toy = score_clips([([Event(e.start, e.end, "Red passes forward.") for e in ref], ref) for ref in clips])["pooled"]
+    n_pass = sum(event_kind(e.text) == "pass" for ref in clips for e in ref)
+    assert toy["f1"] == toy["f1_exact"] == 1.0 and toy["event_acc"] == pytest.approx(n_pass / toy["matched"])     # the toy's failure mode
+    C = np.array(toy["confusion"]["counts"])
+    assert C[:, LABELS.index("pass")].sum() == C.sum() == toy["matched"]                                           # one column
+    # every line said as another kind, one second late: on time at ±1.5 s, never in the exact chunk, never the right kind
+    other = {k: kinds[KINDS[(i + 1) % len(KINDS)]] for i, k in enumerate(KINDS)}
+    wrong = score_clips([([Event(e.start + 1, e.end + 1, other[event_kind(e.text)]) for e in ref], ref) for ref in clips])["pooled"]
+    assert (wrong["f1"], wrong["f1_exact"], wrong["event_acc"]) == (1.0, 0.0, 0.0)
+    C = np.array(wrong["confusion"]["counts"])
+    assert np.trace(C) == 0 and all(C[i, (i + 1) % len(KINDS)] == C[i].sum() for i in range(len(KINDS)))
+
+def test_side_by_side_rows():
+    ref = [Event(3, 4, "Great save by Blue!"), Event(8, 9, "Goal for Red!"), Event(12, 13, "Out for a throw-in.")]
+    pred = [Event(4, 5, "Blue passes forward."), Event(8, 9, "Goal for Red!"), Event(20, 21, "Red passes forward.")]
+    sc = score_clip(pred, ref)
+    assert [(r["time"], r["reference"], r["model"], r["kind"]) for r in event_rows(sc)] == [
+        (3, "Great save by Blue!", "Blue passes forward. (+1 s)", "no: pass"), (8, "Goal for Red!", "Goal for Red!", "yes"),
+        (12, "Out for a throw-in.", "", "missed"), (20, "", "Red passes forward.", "false alarm")]
+    lines = side_by_side(sc, width=12).splitlines()
+    assert len(lines) == 5 and lines[0].split() == ["time", "reference", "model", "kind", "right?"]
+    assert "Great save …" in lines[1] and lines[3].endswith("missed")
 
 def test_score_edge_cases():
     one = [Event(1, 2, "goal")]
@@ -204,6 +275,9 @@ def test_score_edge_cases():
     assert (score_clip([], one)["precision"], score_clip([], one)["recall"], score_clip([], one)["f1"]) == (1.0, 0.0, 0.0)
     assert (score_clip(one, [])["precision"], score_clip(one, [])["recall"], score_clip(one, [])["f1"]) == (0.0, 1.0, 0.0)
     assert score_clip(one, one)["f1"] == 1.0 and score_clip(one, one, tol=0.1)["dt_mean"] == 0.0
+    assert (score_clip(one, one)["event_acc"], score_clip(one, one)["team_acc"]) == (1.0, None)     # "goal" names no team
+    assert (score_clip([], one)["event_acc"], score_clip([], one)["f1_exact"]) == (None, 0.0)
+    assert score_clip([Event(2, 3, "goal")], one)["f1_exact"] == 0.0 and score_clip([Event(2, 3, "goal")], one, chunk_s=4.0)["f1_exact"] == 1.0
 
 def test_report_and_plot():
     ref = [Event(3, 4, "Red passes forward."), Event(7, 9, "Red shoots, blocked!")]
@@ -237,7 +311,7 @@ def test_player_widget_without_browser(clip, tmp_path):
     p = StreamPlayer(clip, tmp_path/"c.vtt", fps=2, size=(90, 160), reference=[Event(4, 6, "ref four")])
     assert p._widget is None                                                        # nothing built until asked
     w = p.widget
-    assert w.play.max == w.slider.max == 11 and w.play.interval == 500
+    assert w.play.max == len(w.slider.options) - 1 == 11 and w.play.interval == 500
     first = w.image.value
     w.slider.value = 8                                                               # the slider drives the frame and the caption
     assert w.image.value == p.view(8)[0] != first
