@@ -152,13 +152,14 @@ class CacheConfig:
     previous_sink_tokens: int = 512   # previous text: head kept (tokens); training truncates the previous text to the same budget
     previous_window_tokens: int = 512 # previous text: tail kept (tokens)
     vision_rounds: int = 16           # rounds (chunks) of vision + commentary kept
+    positions: str = "model"          # "model": the model's own scheme (Qwen2.5-VL: 3-D M-RoPE); "1d": text positions for every token (LiveCC; StreamingVLM's all_text)
     sink_tokens: int = 4              # "sink" mode: first tokens never evicted
     max_tokens: int = 4096            # "sink" mode: tokens kept in all
     step_tokens: int = 256            # buffers grow in steps of this many tokens
 
 @dataclass
 class TrainConfig:
-    model: str = "toy"                # model preset (svlm.model.PRESETS) or a checkpoint folder to start from
+    model: str = "toy"                # model preset (svlm.model.PRESETS), an svlm checkpoint folder, or a Qwen2.5-VL folder to start from
     window_s: float = 24.0            # seconds per training sample (StreamingVLM: 24)
     stride_s: float = 12.0            # seconds between sample starts (StreamingVLM: 12)
     batch_size: int = 4               # samples per step
@@ -173,6 +174,14 @@ class TrainConfig:
     compile: bool = True              # mx.compile the step
     freeze_vision: bool = False       # train the decoder only
     freeze_decoder: bool = False      # train the video encoder (and projector) only
+    lora_rank: int = 0                # LoRA rank (0: full fine-tuning); only the adapters train, the base stays frozen
+    lora_alpha: float = 16.0          # LoRA alpha: the update is scaled by alpha / rank (mlx-lm's `scale`)
+    lora_dropout: float = 0.0         # dropout on the adapters' input
+    lora_keys: str = "q,k,v,o"        # a block's linear layers to adapt: any of q, k, v, o, gate, up, down (or full names, e.g. mlp.up_proj)
+    lora_layers: int = 0              # adapt the last N blocks (0: all)
+    lora_vision: bool = False         # also adapt every linear layer of the video encoder
+    quantize_base: int = 0            # QLoRA: quantize the frozen base to 4 or 8 bits first (0: keep floats)
+    grad_checkpoint: bool = False     # recompute each block's activations in the backward pass: long windows fit, steps take ~1/3 longer
     checkpoint_every: int = 100       # steps between checkpoints
     log_every: int = 10               # steps between metric lines
     missing_video: str = "fatal"      # "fatal" or "skip" (counted) for a record whose video is missing
@@ -188,6 +197,7 @@ class StreamConfig:
     p: float = 0.25                   # "random": speak with this probability
     motion: float = 8.0               # "motion": mean absolute frame difference that triggers speech
     queue: int = 64                   # frames buffered between the reader thread and the model
+    stall_s: float = 30.0             # a source that gives no frame for this long stops the stream, outputs written (0: wait forever)
     drop: str = "drop_oldest"         # what a full queue does: drop_oldest (counted) or keep
     realtime: bool = False            # pace a file source at real time
 

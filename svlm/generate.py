@@ -95,7 +95,7 @@ def _forward(model, ids, cache, embeddings=None, mask=None, logits:bool=True):
     "Run `ids` (B, T) (or `embeddings`) through `model` into `cache`; the logits (B, V) of the last position, or None"
     kw = {} if mask is None else {"mask": mask}
     if hasattr(model, "head") and hasattr(model, "model"):           # svlm's Model: project only the last position
-        h = model.model(ids, cache, input_embeddings=embeddings, **kw)
+        h = model.model(ids, cache=cache, input_embeddings=embeddings, **kw)
         return model.head(h[:, -1, :]) if logits else None
     if embeddings is not None: kw["input_embeddings"] = embeddings
     out = model(ids, cache=cache, **kw)                               # any mlx-lm model: lazily, unused positions never run

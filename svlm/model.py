@@ -468,17 +468,22 @@ def assign_weights(model:Model, weights:dict, src=None, dtype=None) -> Model:
     if bad:
         msg = "; ".join(f"{k}: {tuple(weights[k].shape)} in the checkpoint, {tuple(want[k].shape)} in the model" for k in bad)
         raise InputError(f"wrong shape: {msg}", src, field=bad[0] if len(bad) == 1 else None)
-    if dtype is not None: weights = {k: v.astype(dtype) for k, v in weights.items()}
+    if dtype is not None: weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}   # packed ints stay
     model.update(tree_unflatten(list(weights.items())))
     mx.eval(model.parameters())
     return model
 
 def load_model(path, dtype=None) -> Model:
-    "Load an svlm checkpoint or a transformers `Qwen2ForCausalLM` folder (config.json + safetensors); never runs code"
+    "Load an svlm checkpoint (quantized too) or a transformers `Qwen2ForCausalLM` folder (config.json + safetensors); never runs code"
     path = Path(path)
     if not (path/"config.json").exists(): raise InputError("no config.json in the checkpoint folder", path)
     d = read_json(path/"config.json")
     config = ModelConfig.from_dict(d, path/"config.json")
     model = Model(config)
     src = path/INDEX_NAME if (path/INDEX_NAME).exists() else path/WEIGHTS_NAME   # errors name the weights file, not the folder
-    return assign_weights(model, from_hf(read_weights(path), config), src, dtype)
+    weights = from_hf(read_weights(path), config)
+    if (q := d.get("quantization")) is not None:                     # a quantized folder (`svlm fuse --quantize`): quantized modules first
+        if not isinstance(q, dict) or not all(isinstance(q.get(k), int) for k in ("group_size", "bits")):
+            raise InputError(f"expected {{'group_size': int, 'bits': int}}, got {q!r}", path/"config.json", field="quantization")
+        nn.quantize(model, q["group_size"], q["bits"], class_predicate=lambda p, m: f"{p}.scales" in weights)
+    return assign_weights(model, weights, src, dtype)

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['CARRIED_FILES', 'Qwen25VLConfig', 'mrope_inv_freq', 'mrope_axes', 'mrope_cos_sin', 'apply_mrope', 'Attention',
-           'DecoderLayer', 'text_positions', 'TextModel', 'Qwen25VL', 'get_rope_index', 'text_weights',
-           'qwen25vl_weights', 'load_qwen25vl', 'quantize_qwen25vl', 'quantization_of', 'qwen25vl_config_dict',
-           'save_qwen25vl', 'convert_model']
+           'DecoderLayer', 'text_positions', 'TextModel', 'Qwen25VL', 'get_rope_index', 'rope_index_np', 'text_weights',
+           'qwen25vl_weights', 'is_qwen25vl', 'load_qwen25vl', 'quantize_qwen25vl', 'quantization_of',
+           'qwen25vl_config_dict', 'save_qwen25vl', 'convert_model']
 
 # %% ../nbs/08_qwen25vl.ipynb #24760bf6
 import svlm
@@ -20,7 +20,7 @@ from mlx.utils import tree_flatten
 from fastcore.basics import patch_to
 from .core import InputError, atomic_write, read_json
 from .model import Attention as Qwen2Attention, TransformerBlock, CausalLM, attention_mask, read_weights, assign_weights
-from .vision import VisionConfig, VisionTower, vision_weights, rotate_half
+from .vision import VisionConfig, VisionTower, vision_weights, rotate_half, video_inputs
 
 # %% ../nbs/08_qwen25vl.ipynb #cfae4b4b
 @dataclass
@@ -154,7 +154,8 @@ class TextModel(nn.Module):
         h = self.embed_tokens(input_ids) if input_embeddings is None else input_embeddings  # (B, T, D)
         B, T, _ = h.shape
         cache = cache or [None] * len(self.layers)
-        if position_ids is None: position_ids = text_positions(B, T, 0 if cache[0] is None else cache[0].offset)
+        if position_ids is None:                                       # a stream's cache knows its tokens' positions; else text from the offset
+            position_ids = cache.positions(T) if hasattr(cache, "positions") else text_positions(B, T, 0 if cache[0] is None else cache[0].offset)
         cos, sin = mrope_cos_sin(position_ids, self._inv_freq, self.mrope_section)      # (B, T, hd), for every layer
         if mask is None: mask = attention_mask(T, cache[0])
         for layer, lc in zip(self.layers, cache): h = layer(h, cos, sin, mask, lc)
@@ -195,6 +196,19 @@ def embed(self, input_ids, pixel_values=None, image_grid_thw=None, pixel_values_
         h = _scatter(h, input_ids, c.video_token_id, self.visual(pixel_values_videos, video_grid_thw), "<|video_pad|>")
     return h
 
+@patch_to(Qwen25VL)
+def embed_with_vision(self, input_ids, vision_features) -> mx.array:
+    "Embeddings (B, T, D) of input_ids with the `<|video_pad|>` slots replaced, in order, by the rows of vision_features (n, D) (a stream's chunk)"
+    return _scatter(self.model.embed_tokens(input_ids), input_ids, self.config.video_token_id,
+                    vision_features.reshape(-1, vision_features.shape[-1]), "<|video_pad|>")
+
+@patch_to(Qwen25VL)
+def encode_chunk(self, frames, min_pixels:int=128*28*28, max_pixels:int=768*28*28) -> tuple:
+    "(features (n, D), grid [t, h, w]) of one chunk's frames (T, H, W, 3) uint8, pre-processed as one video (`svlm.vision.video_inputs`)"
+    v = self.config.vision
+    rows, grid = video_inputs(frames, min_pixels, max_pixels, v.patch_size, v.temporal_patch_size, v.spatial_merge_size)
+    return self.visual(mx.array(rows), mx.array(grid)), [int(g) for g in grid[0]]
+
 # %% ../nbs/08_qwen25vl.ipynb #28462ab8
 def _vision_positions(grid, merge:int, step:float) -> np.ndarray:
     "(3, t·h·w/merge²) positions of one image or video from 0: temporal index × step, merged row, merged column"
@@ -213,6 +227,13 @@ def get_rope_index(input_ids,                      # (B, T) token ids
                    image_token_id:int=151655, video_token_id:int=151656,
                    vision_start_token_id:int|None=151652):  # the token every span must follow (None: no check)
     "M-RoPE positions (3, B, T) float32 and rope_deltas (B, 1), by transformers 4.x's rule with float temporal steps"
+    out, deltas = rope_index_np(input_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, tokens_per_second, spatial_merge_size,
+                                image_token_id, video_token_id, vision_start_token_id)
+    return mx.array(out.astype(np.float32)), mx.array(deltas.astype(np.float32))
+
+def rope_index_np(input_ids, image_grid_thw=None, video_grid_thw=None, second_per_grid_ts=None, tokens_per_second:float=2,
+                  spatial_merge_size:int=2, image_token_id:int=151655, video_token_id:int=151656, vision_start_token_id:int|None=151652):
+    "`get_rope_index` in float64 NumPy: positions (3, B, T) and deltas (B, 1), exact for a stream cache to compare and shift"
     ids = np.asarray(input_ids)
     B, T = ids.shape
     grids = {image_token_id: iter(np.zeros((0, 3)) if image_grid_thw is None else np.asarray(image_grid_thw)),
@@ -239,7 +260,7 @@ def get_rope_index(input_ids,                      # (B, T) token ids
         deltas[b] = nxt - T
     for tok, left in grids.items():
         if next(left, None) is not None: raise InputError(f"more grids than {_kind(tok, image_token_id)} spans in input_ids", field=f"{_kind(tok, image_token_id)}_grid_thw")
-    return mx.array(out.astype(np.float32)), mx.array(deltas.astype(np.float32))
+    return out, deltas
 
 @patch_to(Qwen25VLConfig)
 def rope_index(self, input_ids, image_grid_thw=None, video_grid_thw=None, second_per_grid_ts=None):
@@ -272,6 +293,11 @@ def _dtype(dtype) -> mx.Dtype:
         if dtype not in _DTYPES: raise InputError(f"unknown dtype {dtype!r}; one of {', '.join(_DTYPES)}", field="dtype")
         return _DTYPES[dtype]
     return dtype
+
+def is_qwen25vl(path) -> bool:
+    "Is `path` a Qwen2.5-VL model folder (its config.json says model_type qwen2_5_vl)?"
+    f = Path(path)/"config.json"
+    return f.is_file() and isinstance(d := read_json(f), dict) and d.get("model_type") == "qwen2_5_vl"
 
 def load_qwen25vl(path, dtype=None) -> tuple:
     "(model, config) from a local Qwen2.5-VL folder (transformers', or svlm's, quantized or not), floats cast to `dtype` (default float32); never runs code"

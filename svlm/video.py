@@ -179,7 +179,10 @@ def nearest_frames(starts:np.ndarray,  # (N,) increasing start times of the sour
 # %% ../nbs/01_video.ipynb #5cc76a28
 def _target_size(info:VideoInfo, size, cfg:VideoConfig) -> tuple[int,int]:
     "`size` checked, or the `smart_resize` of the source under `cfg`'s budget"
-    if size is None: return smart_resize(info.height, info.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+    if size is None:
+        try: return smart_resize(info.height, info.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+        except InputError as e:
+            raise InputError(f"its {info.width}x{info.height} frames cannot be resized to the model's {cfg.factor}-pixel grid: {e.msg}", info.path, field="video") from None
     if len(size) != 2 or min(size) <= 0: raise InputError(f"size must be (height, width) with positive sides, got {size}", info.path, field="size")
     return int(size[0]), int(size[1])
 
@@ -418,11 +421,12 @@ class ThreadedSource(FrameSource):
     "Read `source` on a thread into a queue, so that a slow consumer never blocks it"
     def __init__(self, source,                  # any frame source
                  maxsize:int=64,               # frames the queue holds with 'drop_oldest'
-                 policy:str="drop_oldest"):    # 'drop_oldest': bounded, oldest dropped; 'keep': unbounded; 'block': bounded, the reader waits
+                 policy:str="drop_oldest",     # 'drop_oldest': bounded, oldest dropped; 'keep': unbounded; 'block': bounded, the reader waits
+                 stall_s:float|None=None):     # no frame for this many seconds is a `SourceError` (None or 0: wait forever)
         super().__init__()
         if policy not in ("drop_oldest", "keep", "block"): raise InputError(f"unknown policy {policy!r} (use 'drop_oldest', 'keep' or 'block')", field="policy")
         if maxsize < 1: raise InputError(f"maxsize must be at least 1, got {maxsize}", field="maxsize")
-        self.source, self.maxsize, self.policy = source, maxsize, policy
+        self.source, self.maxsize, self.policy, self.stall_s = source, maxsize, policy, stall_s or None
         self._q, self._cv, self._thread = deque(), threading.Condition(), None
         self._done, self._error, self.last_t = False, None, None
         self.produced = self.consumed = self.dropped = self.peak = 0
@@ -463,12 +467,16 @@ def _read(self):
 
 @patch_to(ThreadedSource)
 def __iter__(self):
-    "Yield queued frames as they arrive; after the last one, re-raise a reader error as `SourceError`"
+    "Yield queued frames as they arrive; after the last one, re-raise a reader error as `SourceError` (and a stall longer than `stall_s`)"
     self.start()
     try:
         while True:
             with self._cv:
-                while not self._q and not self._done and not self.closed: self._cv.wait(0.1)
+                since = time.monotonic()
+                while not self._q and not self._done and not self.closed:
+                    self._cv.wait(0.1)
+                    if self.stall_s and time.monotonic() - since > self.stall_s:
+                        raise SourceError(self.last_t, TimeoutError(f"no frame for {self.stall_s:g} s (stream.stall_s)"))
                 if self._q: item = self._q.popleft(); self.consumed += 1; self._cv.notify_all()
                 elif self._error is not None: raise SourceError(self.last_t, self._error) from self._error
                 else: return
