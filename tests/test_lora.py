@@ -75,7 +75,7 @@ def test_fuse_gives_a_model_folder_that_computes_the_same(lora_run, tmp_path):
     assert main(["fuse", "--checkpoint", str(d/"lora"), "--out", str(tmp_path/"fused")]) == 0
     fused = load_model(tmp_path/"fused")
     x = mx.array([[5, 17, 200, 3, 3, 3, 9]])
-    assert mx.abs(fused(x) - model(x)).max().item() < 1e-4                 # one weight W + scale·(AB)ᵀ in fp32
+    assert mx.abs(fused(x) - model(x)).max().item() < 1e-5                 # one weight W + scale·(AB)ᵀ in fp32: rounding of W's sum only
     assert main(["fuse", "--checkpoint", str(d/"lora"), "--out", str(tmp_path/"fused")]) == 2   # never over a model
     assert main(["fuse", "--checkpoint", str(d/"lora"), "--out", str(tmp_path/"q8"), "--quantize", "8"]) == 0
     q = load_model(tmp_path/"q8")
@@ -85,16 +85,22 @@ def test_fuse_gives_a_model_folder_that_computes_the_same(lora_run, tmp_path):
 
 
 def test_qlora_trains_on_a_quantized_base(lora_run, tmp_path):
+    "A 4-bit base, rank-8 adapters on every linear layer of the blocks, a small set (one 6 s clip): the loss falls by half"
     d, _ = lora_run
-    r = train(lora_args(d, "qlora", 4, "train.quantize_base=8"), progress=False)
-    assert np.isfinite(r.losses).all()
+    c = load_config(None, [f"train.model={d/'base'/'last'}", "train.window_s=3", "train.stride_s=3", "train.batch_size=2", "synth.n_clips=1",
+                           "synth.duration=6", "train.compile=false", "train.lr=3e-3", "train.warmup=2", "train.steps=40", "train.checkpoint_every=40",
+                           "train.lora_rank=8", "train.lora_alpha=16", "train.lora_keys=q,k,v,o,gate,up,down", "train.quantize_base=4",
+                           f"train.out={d/'qlora'}"])
+    r = train(c, progress=False)
+    assert np.mean(r.losses[-3:]) < r.losses[0] / 2, (r.losses[0], r.losses[-3:])
     model, _, _ = load(d/"qlora")
-    assert isinstance(model.layers[0].self_attn.q_proj, LoRALinear)
-    assert isinstance(model.layers[0].self_attn.q_proj.linear, nn.QuantizedLinear)
-    assert isinstance(model.layers[0].mlp.up_proj, nn.QuantizedLinear)     # the frozen base is quantized everywhere it can be
-    fused = load_model(fuse(d/"qlora", tmp_path/"fq"))                    # stays 8-bit, as it was trained
-    x = mx.array([[5, 17, 200, 3]])
-    assert mx.abs(fused(x) - model(x)).max().item() < 0.1
+    q = model.layers[0].self_attn.q_proj
+    assert isinstance(q, LoRALinear) and isinstance(q.linear, nn.QuantizedLinear) and q.linear.bits == 4
+    assert isinstance(model.model.embed_tokens, nn.QuantizedEmbedding)    # the frozen base is quantized everywhere it can be
+    fused = load_model(fuse(d/"qlora", tmp_path/"fq"))                    # stays 4-bit, as it was trained: W + scale·(AB)ᵀ quantized once more
+    want = nn.QuantizedLinear.from_linear(q.fused(), q.linear.group_size, 4)
+    got = fused.layers[0].self_attn.q_proj
+    assert all(mx.array_equal(getattr(got, k), getattr(want, k)).item() for k in ("weight", "scales", "biases"))
 
 
 def test_lora_layers_and_vision():
