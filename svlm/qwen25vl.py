@@ -177,11 +177,11 @@ class Qwen25VL(CausalLM):
 
 
 # %% ../nbs/08_qwen25vl.ipynb #82e8cb87
-def _scatter(h, input_ids, token_id:int, feats, what:str):
-    "h (B, T, D) with the `token_id` slots replaced, in order, by the rows of feats (n, D)"
+def _scatter(h, input_ids, token_id:int, feats, what:str, check:bool=True):
+    "h (B, T, D) with the `token_id` slots replaced, in order, by the rows of feats (n, D); `check`: counts must agree (it reads them back, which a traced loss must not)"
     B, T, D = h.shape
     is_pad = (input_ids == token_id).reshape(-1)                     # (B·T,)
-    if (n := is_pad.sum().item()) != feats.shape[0]:
+    if check and (n := is_pad.sum().item()) != feats.shape[0]:
         raise InputError(f"{n} {what} tokens (id {token_id}) in input_ids but {feats.shape[0]} {what} features from the vision tower", field="input_ids")
     idx = mx.maximum(mx.cumsum(is_pad.astype(mx.int32)) - 1, 0)     # slot k takes feature row k
     return mx.where(is_pad[:, None], feats.astype(h.dtype)[idx], h.reshape(-1, D)).reshape(B, T, D)

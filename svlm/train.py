@@ -33,7 +33,7 @@ from .tokenizer import Tokenizer, load_tokenizer, render
 from .model import ModelConfig, Model, preset, save_model, load_model, read_safetensors
 from .video import probe, smart_resize
 from .vision import video_inputs
-from .qwen25vl import Qwen25VL, is_qwen25vl, load_qwen25vl, save_qwen25vl, qwen25vl_config_dict, rope_index_np
+from .qwen25vl import Qwen25VL, is_qwen25vl, load_qwen25vl, save_qwen25vl, qwen25vl_config_dict, rope_index_np, _scatter
 
 # %% ../nbs/11_train.ipynb #3919cd45
 def window_spans(n_chunks:int,        # chunks in the record
@@ -602,11 +602,7 @@ def vl_loss(model:Qwen25VL, input_ids, labels, vision):
     "`masked_loss` for Qwen2.5-VL; `vision` is `vl_vision`'s (rows, grids, positions)"
     rows, grids, pos = vision
     feats = model.visual(rows, grids)                                    # (N·tokens, D), chunk after chunk
-    h = model.model.embed_tokens(input_ids)
-    B, T, D = h.shape
-    is_pad = (input_ids == model.config.video_token_id).reshape(-1)
-    idx = mx.maximum(mx.cumsum(is_pad.astype(mx.int32)) - 1, 0)        # slot k takes feature row k
-    h = mx.where(is_pad[:, None], feats.astype(h.dtype)[idx], h.reshape(-1, D)).reshape(B, T, D)
+    h = _scatter(model.model.embed_tokens(input_ids), input_ids, model.config.video_token_id, feats, "<|video_pad|>", check=False)
     return _masked_ce(model.head(model.model(input_ids, pos, None, h)), labels)
 
 # %% ../nbs/11_train.ipynb #c6cff37f

@@ -13,17 +13,8 @@ torch = pytest.importorskip("torch")
 
 
 def hf_tiny(path, seed=0):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    torch.manual_seed(seed)
-    c = Qwen2_5_VLConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                          vocab_size=151_680, rope_theta=100.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                                          rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}),
-                         vision_config=dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=4, out_hidden_size=32,
-                                            fullatt_block_indexes=[0], tokens_per_second=2), tie_word_embeddings=True)
-    m = Qwen2_5_VLForConditionalGeneration(c).eval()
-    with torch.no_grad():
-        for n, p in m.named_parameters(): p.copy_(1 + 0.05 * torch.randn_like(p) if "norm" in n or "ln_q" in n else 0.05 * torch.randn_like(p))
-    m.save_pretrained(path)
+    from tiny_qwen import hf_qwen25vl
+    hf_qwen25vl(seed, depth=1, scale=0.05, norm_scale=0.05).save_pretrained(path)
     return path
 
 
