@@ -334,7 +334,7 @@ def test_static_fallback(clip):
     many = StreamPlayer(clip, [Event(i * 0.1, i * 0.1 + 0.05, f"e{i}") for i in range(50)], fps=2, size=(90, 160))
     assert "and 20 more events" in many.static_html(max_rows=30)
 
-@pytest.mark.parametrize("name", ["13_eval.ipynb", "14_playback.ipynb"])
+@pytest.mark.parametrize("name", ["13_eval.ipynb", "15_playback.ipynb"])
 def test_saved_notebook_is_small_and_stateless(name):
     path = ROOT/"nbs"/name
     nb = json.loads(path.read_text())
