@@ -146,6 +146,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'svlm.core.DataConfig': ('core.html#dataconfig', 'svlm/core.py'),
                            'svlm.core.InputError': ('core.html#inputerror', 'svlm/core.py'),
                            'svlm.core.InputError.__init__': ('core.html#inputerror.__init__', 'svlm/core.py'),
+                           'svlm.core.MemoryConfig': ('core.html#memoryconfig', 'svlm/core.py'),
                            'svlm.core.SamplingConfig': ('core.html#samplingconfig', 'svlm/core.py'),
                            'svlm.core.StreamConfig': ('core.html#streamconfig', 'svlm/core.py'),
                            'svlm.core.SynthConfig': ('core.html#synthconfig', 'svlm/core.py'),

@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['OPENBLAS_FIX', 'OPENBLAS_PATH', 'RENAMED', 'RECIPES', 'find_openblas', 'load_fast_blas', 'InputError', 'atomic_write',
            'decode_text', 'read_text', 'read_json', 'VideoConfig', 'DataConfig', 'SynthConfig', 'SamplingConfig',
-           'TokenizerConfig', 'CacheConfig', 'TrainConfig', 'StreamConfig', 'Config', 'migrate', 'from_dict',
-           'apply_override', 'recipe', 'with_overrides', 'load_config', 'config_dict', 'blas_info', 'matmul_gflops',
-           'backend_report', 'backend_warnings', 'format_report', 'Timer', 'peak_memory_mb', 'active_memory_mb',
-           'reset_peak_memory', 'write_jsonl', 'jsonl_lines', 'read_jsonl']
+           'TokenizerConfig', 'CacheConfig', 'TrainConfig', 'StreamConfig', 'MemoryConfig', 'Config', 'migrate',
+           'from_dict', 'apply_override', 'recipe', 'with_overrides', 'load_config', 'config_dict', 'blas_info',
+           'matmul_gflops', 'backend_report', 'backend_warnings', 'format_report', 'Timer', 'peak_memory_mb',
+           'active_memory_mb', 'reset_peak_memory', 'write_jsonl', 'jsonl_lines', 'read_jsonl']
 
 # %% ../nbs/00_core.ipynb #dcf32943
 import ctypes, glob, os, sys, warnings
@@ -202,6 +202,16 @@ class StreamConfig:
     realtime: bool = False            # pace a file source at real time
 
 @dataclass
+class MemoryConfig:
+    sample_fps: float = 1.0           # frames per second the memory encodes (the recent window keeps video.fps)
+    clip_len: float = 4.0             # seconds of video per memory clip
+    topk: int = 8                     # key frames a query routes into the context
+    router_strategy: str = "cos_sim_coarse"  # cos_sim_coarse | cos_sim_fine | cross-attn | indexer
+    key_frame_buffer_size: int = 5    # key frames kept; the two most similar merge when a new one would overflow
+    key_frame_match_ratio: float = 0.5  # a clip joins its most similar key frame at cosine similarity >= this
+    indexer: str|None = None          # weights of a trained indexer router (svlm train-indexer)
+
+@dataclass
 class Config:
     video: VideoConfig = field(default_factory=VideoConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -211,6 +221,7 @@ class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
 # %% ../nbs/00_core.ipynb #eebd94d5
 def _hints(cls): return typing.get_type_hints(cls)
