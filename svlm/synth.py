@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['PITCH_L', 'PITCH_W', 'GOAL_W', 'GOAL_D', 'MARGIN_X', 'MARGIN_Y', 'TEAMS', 'TEAM_RGB', 'KEEPER_RGB', 'OUT_RGB',
-           'FLAG_RGB', 'GRASS_RGB', 'LINE_RGB', 'NET_RGB', 'CAPTION_CHARS', 'KINDS', 'KIND_P', 'PHRASES', 'CAPTIONS',
-           'ONSET_GRID', 'SPEECH_DELAY', 'HOLD', 'LEAD', 'FLIGHT', 'PLAYER_R', 'BALL_R', 'QUERY', 'SPLIT_SEED', 'Pitch',
-           'pitch_background', 'draw_disc', 'draw_ring', 'draw_line', 'draw_triangle', 'text_mask', 'draw_text',
-           'caption_box', 'draw_caption', 'draw_border', 'draw_score', 'word_times', 'chunk_words', 'Event',
-           'script_clip', 'Sim', 'simulate', 'render_frame', 'clip_frames', 'frames_digest', 'write_mp4', 'ClipInfo',
-           'make_clip', 'annotation_line', 'write_annotations', 'windows_of', 'window_lines', 'make_dataset']
+           'FLAG_RGB', 'GRASS_RGB', 'LINE_RGB', 'NET_RGB', 'CAPTION_CHARS', 'KINDS', 'KIND_P', 'PASS_TEXT', 'SHOT_TEXT',
+           'OUTCOME_TEXT', 'GOAL_TEXT', 'THROW_TEXT', 'CAPTIONS', 'SHOTS', 'ONSET_GRID', 'TRAIL', 'SPEECH_DELAY',
+           'HOLD', 'LEAD', 'FLIGHT', 'PLAYER_R', 'BALL_R', 'QUERY', 'SPLIT_SEED', 'Pitch', 'pitch_background',
+           'draw_disc', 'draw_ring', 'draw_line', 'draw_triangle', 'text_mask', 'draw_text', 'caption_box',
+           'draw_caption', 'draw_border', 'draw_score', 'word_times', 'chunk_words', 'Event', 'script_clip', 'Sim',
+           'simulate', 'render_frame', 'clip_frames', 'frames_digest', 'write_mp4', 'ClipInfo', 'make_clip',
+           'annotation_line', 'write_annotations', 'windows_of', 'window_lines', 'make_dataset']
 
 # %% ../nbs/03_synth.ipynb #a434da7d
 import svlm
@@ -233,17 +234,20 @@ def draw_score(img, score):
 KINDS = ("pass", "shot", "goal", "save", "out")
 KIND_P = {"K": (1.0, 0, 0, 0, 0),               # how often each kind happens, by the carrier's role: a keeper passes,
           "D": (0.8, 0, 0, 0, 0.2),             # a deep player passes or loses it over a touchline,
-          "A": (0.1, 0.24, 0.24, 0.24, 0.18)}   # and only an attacker near goal shoots
-PHRASES = {("pass", "forward"): "{team} passes forward.", ("pass", "back"): "{team} plays it back.",
-           ("shot", ""): "{team} shoots, blocked!", ("goal", ""): "Goal for {team}!",
-           ("save", ""): "Great save by {team}!",
-           ("out", "throw"): "Out for a throw-in.", ("out", "goalkick"): "Out for a goal kick."}
+          "A": (0.1, 0.24, 0.24, 0.24, 0.18)}   # and only an attacker near goal shoots (an "out" here is a shot gone wide)
+PASS_TEXT = {"forward": "{team} passes forward.", "long": "{team} plays it long.", "back": "{team} plays it back."}
+SHOT_TEXT = ((20.0, "{team} shoots!"), (27.0, "{team} shoots from the edge!"), (math.inf, "{team} has a go from distance!"))  # by metres from goal
+OUTCOME_TEXT = {"shot": "Blocked!", "save": "Saved by {team}!", "out": "Wide! Goal kick."}
+GOAL_TEXT = {"lead": "Goal! {team} lead {a}-{b}.", "level": "Goal! {team} draw level, {a}-{b}.", "trail": "Goal! {team} trail {a}-{b}."}
+THROW_TEXT = "Out for a throw-in."
 CAPTIONS = {"pass": "PASS", "shot": "SHOT", "goal": "GOAL", "save": "SAVE", "out": "OUT"}
-ONSET_GRID = 0.5      # events become visible on this grid: a 2 fps sampler sees their first frame
-SPEECH_DELAY = 0.35   # seconds from an event's first frame to its first word
+SHOTS = ("shot", "goal", "save")   # with a wide shot (an "out" by an attacker): the kinds told in two moments
+ONSET_GRID = 1.0      # events become visible on whole seconds: the first frame of a 1 s chunk shows each one first
+TRAIL = 1.0           # a trail stays up this long after the ball arrives (and never past the event's last word)
+SPEECH_DELAY = 0.35   # seconds from an event's first frame (or its outcome's) to the words about it
 HOLD = 0.7            # the event's graphics stay up this long after its last word
-LEAD = {"pass": 0.3, "shot": 0.2, "goal": 0.45, "save": 0.45, "out": 0.45}    # kick this long before the event shows
-FLIGHT = {"pass": 0.6, "shot": 0.4, "goal": 0.4, "save": 0.4, "out": 0.4}     # seconds the ball is in the air
+LEAD = {"pass": 0.3, "shot": 0.4, "goal": 0.4, "save": 0.4, "out": 0.45}     # kick this long before the event shows
+FLIGHT = {"pass": 0.6, "out": 0.4}   # seconds the ball is in the air; a shot lands just before a whole second (`Event.outcome`)
 
 # %% ../nbs/03_synth.ipynb #82ce42a5
 def word_times(text:str, t:float) -> list[list]:
@@ -270,38 +274,63 @@ class Event:
     team: str                # Red | Blue: who plays the ball (for a save, the keeper's team)
     text: str                # what the commentator says
     words: list              # [[start, end, word], ...]
-    variant: str = ""        # forward/back for a pass, throw/goalkick for an out
+    variant: str = ""        # forward/long/back for a pass, throw/goalkick for an out
     actor: int = 0           # index in TEAMS of the team in possession when it happens
     role: str = "D"          # the carrier's role when it happens: K keeper, D deep, A attacking
     u: tuple = (0.5, 0.5, 0.5, 0.5)   # the event's own uniform draws, for the simulation
+    dist: float = 0.0        # a shot's distance from the goal line, metres (0 for the rest)
 
     @property
-    def kick(self) -> float: return self.t - LEAD[self.kind]            # the ball leaves the foot
+    def is_shot(self) -> bool: return self.kind in SHOTS or (self.kind == "out" and self.variant == "goalkick")
     @property
-    def arrive(self) -> float: return self.kick + FLIGHT[self.kind]     # the ball arrives
+    def kick(self) -> float: return self.t - LEAD["shot" if self.is_shot else self.kind]   # the ball leaves the foot
+    @property
+    def outcome(self) -> float:
+        "The first frame (on the ONSET_GRID) that shows how the event ended: a shot's arrival, one second on (two from distance); else `t`"
+        return self.t + ONSET_GRID*(1 if self.dist < SHOT_TEXT[1][0] else 2) if self.is_shot else self.t
+    @property
+    def arrive(self) -> float: return self.outcome - 0.05 if self.is_shot else self.kick + FLIGHT[self.kind]   # the ball arrives
+    @property
+    def flight(self) -> float: return self.arrive - self.kick           # seconds in the air
     @property
     def hold(self) -> float: return self.words[-1][1] + HOLD            # graphics come down
-    @property
-    def caption(self) -> str:
-        "Caption text; a pass's arrow points the way the ball went on screen"
-        if self.kind != "pass": return CAPTIONS[self.kind]
-        right = (self.actor == 0) == (self.variant == "forward")
-        return "PASS >" if right else "< PASS"
+    def caption_at(self, t:float) -> str:
+        "Caption text at `t` (the ablation's): a pass's arrow points the way the ball went on screen; a shot says SHOT until it ends"
+        if self.kind == "pass":
+            right = (self.actor == 0) == (self.variant != "back")
+            return "PASS >" if right else "< PASS"
+        return "SHOT" if self.is_shot and t < self.outcome - 1e-9 else CAPTIONS[self.kind]
 
     def to_dict(self) -> dict: return dict(t=self.t, kind=self.kind, team=self.team, text=self.text)
 
 # %% ../nbs/03_synth.ipynb #db811b6a
 def _next_state(kind, variant, team):
     "Possession after an event: (team index, carrier's role K/D/A)"
-    if kind == "pass": return team, "A" if variant == "forward" else "D"
+    if kind == "pass": return team, "D" if variant == "back" else "A"
     if kind in ("shot", "goal") or (kind == "out" and variant == "throw"): return 1 - team, "D"
     return 1 - team, "K"                       # a save, or a goal kick
+
+def _goal_text(team:int, score:list) -> str:
+    "What the commentator says of a goal by `team` once `score` (Red, Blue) includes it"
+    a, b = score[team], score[1 - team]
+    return GOAL_TEXT["lead" if a > b else "level" if a == b else "trail"].format(team=TEAMS[team], a=a, b=b)
+
+def _shot_text(ev:Event, team:int, score:list) -> tuple[str, str]:
+    "The two sentences of a shot: where it is taken from, and how it ended"
+    intro = next(s for d, s in SHOT_TEXT if ev.dist < d).format(team=TEAMS[team])
+    if ev.kind == "goal": return intro, _goal_text(team, score)
+    return intro, OUTCOME_TEXT[ev.kind].format(team=TEAMS[1 - team])
+
+def _shot_dist(r:float) -> float:
+    "A shot's distance from goal, metres, from a uniform draw `r`: one of the three ranges, 1.5 m clear of their borders"
+    k = min(int(3*r), 2); lo, hi = ((16.0, 18.5), (21.5, 25.5), (28.5, 34.0))[k]
+    return round(lo + (hi - lo)*(3*r - k), 1)
 
 def script_clip(seed:int=0, cfg:SynthConfig|None=None) -> list[Event]:
     "The events of clip `seed`: kinds, teams, times and word-timed commentary"
     cfg = cfg or SynthConfig()
     rng = np.random.default_rng(seed)
-    team, role, events = int(rng.integers(2)), "D", []
+    team, role, events, score = int(rng.integers(2)), "D", [], [0, 0]
     if cfg.event_rate <= 0: return events
     gap = max(cfg.min_gap, HOLD + 0.8)
     extra = max(1/cfg.event_rate - gap - 1.5, 0.25)
@@ -310,12 +339,24 @@ def script_clip(seed:int=0, cfg:SynthConfig|None=None) -> list[Event]:
         t = ONSET_GRID*math.ceil(cursor/ONSET_GRID - 1e-9)
         kind = KINDS[rng.choice(len(KINDS), p=KIND_P[role])]
         variant = ""
-        if kind == "pass": variant = "forward" if role == "K" or rng.random() < (0.8 if role == "D" else 0.4) else "back"
+        if kind == "pass":
+            r = rng.random()
+            variant = {"K": "forward" if r < 0.5 else "long", "D": "forward" if r < 0.45 else "long" if r < 0.8 else "back",
+                       "A": "forward" if r < 0.4 else "back"}[role]
         if kind == "out": variant = "throw" if role == "D" or rng.random() < 0.5 else "goalkick"
         u = tuple(float(v) for v in rng.random(4))
         who = TEAMS[1 - team] if kind == "save" else TEAMS[team]
-        text = PHRASES[(kind, variant)].format(team=who)
-        ev = Event(t, kind, who, text, word_times(text, t), variant, team, role, u)
+        ev = Event(t, kind, who, "", [], variant, team, role, u, dist=_shot_dist(float(rng.random())))
+        if not ev.is_shot: ev.dist = 0.0
+        if kind == "goal": score[team] += 1
+        if ev.is_shot:
+            intro, end = _shot_text(ev, team, score)
+            first = word_times(intro, t)
+            ev.words = first + word_times(end, max(ev.outcome, first[-1][1] + 0.1 - SPEECH_DELAY))
+            ev.text = f"{intro} {end}"
+        else:
+            ev.text = PASS_TEXT[variant].format(team=who) if kind == "pass" else THROW_TEXT
+            ev.words = word_times(ev.text, t)
         if ev.hold > cfg.duration - 0.2: break
         events.append(ev)
         team, role = _next_state(kind, variant, team)
@@ -413,8 +454,8 @@ def _prepare(m, ev, t):
     if ev.kind == "pass":                                        # "along" = metres towards the goal the team attacks
         along = d*sx
         if ev.variant == "back": want = along - (14 + 8*u0)
-        elif _next_state("pass", "forward", team)[1] == "A": want = max(d*_goal_x(team) - (24 + 14*u0), along + 8)
-        else: want = along + 14 + 8*u0
+        elif ev.variant == "long": want = min(along + 30 + 8*u0, d*_goal_x(team) - 6)     # 30-38 m: twice a pass's length
+        else: want = min(along + 11 + 6*u0, d*_goal_x(team) - 14)                          # 11-17 m
         tgt = np.array([np.clip(d*want, 4, PITCH_L - 4), np.clip(sy + (u1 - 0.5)*30, 6, PITCH_W - 6)])
         recv = min((p for p in range(5*team + 1, 5*team + 5) if p != shooter), key=lambda p: float(np.hypot(*(m.anchor(p) - tgt))))
         m.pulls.append(_Pull(recv, tgt, t, ev.arrive))
@@ -423,9 +464,9 @@ def _prepare(m, ev, t):
     if ev.kind == "out" and ev.variant == "throw":
         m.dest[id(ev)] = None                                          # aimed at kick time, from wherever the ball is
         return
-    gx, keeper = _goal_x(team), 5*opp                            # shoot from a few metres further up, 16-34 m out
-    spot = np.array([d*np.clip(d*sx + 3 + 6*u0, d*gx - 34, d*gx - 16), np.clip(sy + (PITCH_W/2 - sy)*0.3, 12, PITCH_W - 12)])
-    m.pulls.append(_Pull(shooter, spot, t, ev.kick))
+    gx, keeper = _goal_x(team), 5*opp                            # shoot from the scripted distance, 16-34 m out
+    spot = np.array([gx - d*ev.dist, np.clip(sy + (PITCH_W/2 - sy)*0.3, 12, PITCH_W - 12)])
+    m.pulls.append(_Pull(shooter, spot - (1.4*d, 0.4), t, ev.kick))          # the ball at his feet is on the spot
     aim_y = PITCH_W/2 + (u2 - 0.5)*5
     if ev.kind == "goal":
         m.dest[id(ev)] = np.array([gx + d*1.2, aim_y])
@@ -486,17 +527,19 @@ def _restart(m, ev, t, pre:bool):
         m.mode, m.carrier, m.pending = "carry", m.pending, None
 
 # %% ../nbs/03_synth.ipynb #a755fc02
-def _items(m, ev, t, fps):
-    "Graphics of event `ev` at time `t`, in pitch metres"
+def _items(m, ev, t, fps, captions:bool=False):
+    "Graphics of event `ev` at time `t`, in pitch metres; the caption, border and halo only with `captions`"
     out, on = [], ev.t - 0.5/fps <= t <= ev.hold
-    if ev.kind in ("pass", "shot", "goal", "save") and id(ev) in m.kicks and t <= ev.hold:
+    if (ev.kind != "out" or ev.is_shot) and id(ev) in m.kicks and t <= min(ev.arrive + TRAIL, ev.words[-1][1]):
         end = m.arrivals.get(id(ev), m.ball)
         out.append(("trail", "pass" if ev.kind == "pass" else "shot", TEAMS[ev.actor], m.kicks[id(ev)].copy(), np.array(end, float)))
     if not on: return out
-    out.append(("caption", ev.caption, OUT_RGB if ev.kind == "out" else TEAM_RGB[ev.team]))
-    if ev.kind == "goal": out.append(("border", TEAM_RGB[ev.team], 0.8 + 0.2*math.cos(2*math.pi*2*t)))
-    if ev.kind == "save": out.append(("halo", 5*(1 - ev.actor)))
-    if ev.kind == "out" and id(ev) in m.outs: out.append(("flag",) + tuple(m.outs[id(ev)]))
+    if ev.kind == "out" and id(ev) in m.outs and t >= ev.outcome - 0.5/fps: out.append(("flag",) + tuple(m.outs[id(ev)]))
+    if not captions: return out
+    ended = t >= ev.outcome - 0.5/fps
+    out.append(("caption", ev.caption_at(t + 0.5/fps), OUT_RGB if ev.kind == "out" and ended else TEAM_RGB[TEAMS[ev.actor]] if not ended else TEAM_RGB[ev.team]))
+    if ev.kind == "goal" and ended: out.append(("border", TEAM_RGB[ev.team], 0.8 + 0.2*math.cos(2*math.pi*2*t)))
+    if ev.kind == "save" and ended: out.append(("halo", 5*(1 - ev.actor)))
     return out
 
 def simulate(events:list[Event], seed:int=0, cfg:SynthConfig|None=None) -> Sim:
@@ -511,6 +554,8 @@ def simulate(events:list[Event], seed:int=0, cfg:SynthConfig|None=None) -> Sim:
         prev = ev.arrive + 0.3
     acts.sort(key=lambda a: (a[0], a[1]))
     times, P, B, S, items, k = np.arange(n)/fps, np.zeros((n, 10, 2)), np.zeros((n, 2)), np.zeros((n, 2), int), [], 0
+    goals = sorted((e.arrive, TEAMS.index(e.team)) for e in events if e.kind == "goal")
+    score, g, live = np.zeros(2, int), 0, 0             # goals so far; the first event whose graphics may still be up
     for i, t in enumerate(times):
         while k < len(acts) and acts[k][0] <= t + 1e-9:
             acts[k][2](m, *acts[k][3:4], acts[k][0], *acts[k][4:])
@@ -519,8 +564,10 @@ def simulate(events:list[Event], seed:int=0, cfg:SynthConfig|None=None) -> Sim:
         m.P = m.positions(t)
         m.ball = np.asarray(m.ball_pos(t), float)
         P[i], B[i] = m.P, m.ball
-        S[i] = [sum(e.kind == "goal" and e.team == tm and e.t - 0.5/fps <= t for e in events) for tm in TEAMS]
-        items.append([it for ev in events if ev.kick - 1 <= t <= ev.hold for it in _items(m, ev, t, fps)])
+        while g < len(goals) and goals[g][0] <= t + 1e-9: score[goals[g][1]] += 1; g += 1
+        S[i] = score
+        while live < len(events) and events[live].hold < t: live += 1
+        items.append([it for ev in events[live:live + 3] if ev.kick - 1 <= t <= ev.hold for it in _items(m, ev, t, fps, cfg.captions)])
     return Sim(Pitch(cfg.width, cfg.height), times, P, B, S, items)
 
 # %% ../nbs/03_synth.ipynb #f0e2ec72
@@ -538,15 +585,16 @@ def render_frame(sim:Sim, i:int) -> np.ndarray:
         if it[0] != "trail": continue
         _, style, team, a, b = it
         if np.hypot(*(b - a)) < 0.5: continue
-        if style == "pass": draw_line(img, px(a), px(b), 1.3*s, TEAM_RGB[team], 0.85)
-        else: draw_line(img, px(a), px(b), 1.6*s, (255, 255, 255), 0.9)
+        if style == "pass": draw_line(img, px(a), px(b), max(1.3*s, 5.0), TEAM_RGB[team], 0.85)
+        else: draw_line(img, px(a), px(b), max(1.6*s, 6.0), (255, 255, 255), 0.9)     # at least 5-6 px: a small frame must see it
     for p in range(10):
         team = TEAMS[_team_of(p)]
         rgb = KEEPER_RGB[team] if p % 5 == 0 else TEAM_RGB[team]
         x, y = px(sim.players[i, p])
         draw_disc(img, x, y, PLAYER_R*s, _dark(rgb)); draw_disc(img, x, y, PLAYER_R*s - max(1.0, 0.3*s), rgb)
     bx, by = px(sim.ball[i])
-    draw_disc(img, bx, by, BALL_R*s, (30, 30, 30)); draw_disc(img, bx, by, BALL_R*s - 1, (255, 255, 255))
+    br = max(BALL_R*s, 3.0)                                      # a ball a small frame can still see
+    draw_disc(img, bx, by, br, (30, 30, 30)); draw_disc(img, bx, by, br - 1, (255, 255, 255))
     for it in items:
         if it[0] == "halo":
             x, y = px(sim.players[i, it[1]])
@@ -620,7 +668,7 @@ def make_clip(path, seed:int=0, cfg:SynthConfig|None=None) -> ClipInfo:
 
 # %% ../nbs/03_synth.ipynb #b121aa1b
 QUERY = "Commentate on this match."
-SPLIT_SEED = {"train": 0, "heldout": 10_000}      # clip i of a split uses cfg.seed + offset + i: the splits never share a seed
+SPLIT_SEED = {"train": 0, "heldout": 10_000, "match": 20_000}   # clip i of a split uses cfg.seed + offset + i: the splits never share a seed
 
 def annotation_line(video:str, words:list, start:float, end:float, previous:str="", query:str=QUERY) -> list:
     "One StreamingVLM sample: `[user message, assistant message]` for the window [`start`, `end`] of `video`"

@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'ACTION_TOKENS', 'QWEN_IDS', 'DEFAULT_SYSTEM', 'TOKENIZER_FILE', 'HF_FILES', 'Tokenizer',
-           'ByteTokenizer', 'qwen_tokenizer_dir', 'HFTokenizer', 'load_tokenizer', 'StreamDetokenizer',
-           'vision_tokens_per_chunk', 'truncate_ids', 'reply_text', 'previous_block', 'prefix_ids', 'user_turn_ids',
-           'assistant_turn_ids', 'finish_turn', 'parse_reply', 'Rendered', 'render', 'layout_string', 'show_labels',
-           'to_mx', 'vl_prompt_ids']
+           'ByteTokenizer', 'qwen_tokenizer_dir', 'HFTokenizer', 'load_tokenizer', 'layout_texts', 'train_bpe',
+           'StreamDetokenizer', 'vision_tokens_per_chunk', 'truncate_ids', 'reply_text', 'previous_block', 'prefix_ids',
+           'user_turn_ids', 'assistant_turn_ids', 'finish_turn', 'parse_reply', 'Rendered', 'render', 'layout_string',
+           'show_labels', 'to_mx', 'vl_prompt_ids']
 
 # %% ../nbs/05_tokenizer.ipynb #c5e37d44
 import svlm
@@ -283,6 +283,30 @@ def load_tokenizer(src=None,        # folder, 'bytes', None/'qwen', an HF name, 
             looked.append(f"Hugging Face cache {cache_dir or HF_HUB_CACHE} (not cached; svlm never downloads)")
     raise InputError(f"tokenizer {str(src)!r} not found; looked in: " + "; ".join(looked))
 
+# %% ../nbs/05_tokenizer.ipynb #19b54379
+def layout_texts(times=(0.0, 12.0, 345.0, 6789.0)) -> list[str]:
+    "The fixed strings of the layout (system, previous text, user and assistant headers, `Time=` stamps), for a tokenizer to learn"
+    stamps = [f"user\nTime={t + k:.1f}-{t + k + 1:.1f}s" for t in times for k in range(3)]
+    return [f"system\n{DEFAULT_SYSTEM}", "previous text\n", "assistant\n\n", " ...", *stamps]
+
+def train_bpe(texts,                    # strings to learn merges from (commentary; the layout's strings are added)
+              out,                      # folder to save the tokenizer in
+              vocab_size:int=512,       # ids in all: 256 bytes, the special tokens, then merges
+             ) -> HFTokenizer:
+    "A byte-level BPE learned from `texts`, with svlm's special tokens, saved to `out` and loaded back"
+    from tokenizers import Tokenizer as RawTokenizer, models, pre_tokenizers, decoders, trainers
+    if vocab_size < 256 + len(SPECIAL_TOKENS): raise InputError(f"vocab_size {vocab_size} leaves no room for the 256 bytes and the special tokens", field="tokenizer.name")
+    bt = RawTokenizer(models.BPE())
+    bt.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bt.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bt.train_from_iterator([*layout_texts(), *(t for t in texts if t)], trainer)
+    hf = _transformers().PreTrainedTokenizerFast(tokenizer_object=bt, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok = HFTokenizer(hf, "bpe")
+    tok.save(out)
+    return HFTokenizer.load(out)
+
 # %% ../nbs/05_tokenizer.ipynb #818e0040
 class StreamDetokenizer:
     "Text of generated ids, one token at a time, never emitting half a UTF-8 character"
@@ -433,6 +457,7 @@ def render(rec:StreamingRecord,       # the record: previous text and chunks wit
            window:int=512,            # previous-text tokens kept from its end
            system:str=DEFAULT_SYSTEM, # the system prompt
            query:bool=False,          # render `rec.query` after the first chunk's video (StreamingVLM trains without it)
+           time_offset:float=0.0,     # seconds added to every `Time=` stamp: the same window shown later in a stream
           ) -> Rendered:
     "StreamingVLM's layout of record `rec`: ids, labels (assistant content and its `<|im_end|>`), vision slots, round bounds"
     _check_times(rec)
@@ -441,7 +466,7 @@ def render(rec:StreamingRecord,       # the record: previous text and chunks wit
     labels, prefix_len, slots, bounds = [-100] * len(ids), len(ids), [], []
     VP, n_nl = tok.token_id("<|video_pad|>"), len(tok.encode("\n"))
     for k, (c, n) in enumerate(zip(rec.chunks, ns)):
-        u = user_turn_ids(tok, c.start, c.end, n, rec.query if query and k == 0 else "")
+        u = user_turn_ids(tok, c.start + time_offset, c.end + time_offset, n, rec.query if query and k == 0 else "")
         a = assistant_turn_ids(tok, c.text)
         s = len(ids)
         slots.append((s + np.flatnonzero(np.array(u) == VP)).astype(np.int32))

@@ -9,7 +9,7 @@ __all__ = ['LORA_KEYS', 'ADAPTERS', 'ADAPTER_CONFIG', 'CKPT_DIR', 'LAST', 'RESUM
            'quantize_base', 'save_adapters', 'load_adapted', 'fuse', 'make_step', 'load_any', 'save_any',
            'save_checkpoint', 'find_checkpoint', 'load_checkpoint', 'parse_model_spec', 'build_model', 'resolve_data',
            'vl_geometry', 'vl_vision', 'vl_loss', 'grad_checkpoint', 'memory_estimate', 'TrainingError', 'TrainResult',
-           'Run', 'train', 'launch', 'checkpoint_dir', 'checkpoint_config', 'load', 'plot_losses',
+           'bpe_tokenizer', 'Run', 'train', 'launch', 'checkpoint_dir', 'checkpoint_config', 'load', 'plot_losses',
            'teacher_forced_replies']
 
 # %% ../nbs/11_train.ipynb #7af9bfa0
@@ -29,7 +29,7 @@ from .core import (InputError, Config, TrainConfig, atomic_write, config_dict, T
                        peak_memory_mb, reset_peak_memory, write_jsonl, read_jsonl, read_json, with_overrides, migrate)
 from .data import StreamingRecord, load_records, convert
 from .video import read_frames
-from .tokenizer import Tokenizer, load_tokenizer, render
+from .tokenizer import Tokenizer, load_tokenizer, render, train_bpe
 from .model import ModelConfig, Model, preset, save_model, load_model, read_safetensors
 from .video import probe, smart_resize
 from .vision import video_inputs
@@ -115,11 +115,13 @@ def build_samples(records,                     # StreamingRecords
                   missing_video:str="fatal",   # "fatal" or "skip" for a record whose video file is missing
                   system:str|None=None,        # system prompt (None: the tokenizer module's default)
                   source:str="",
+                  time_offset:float=0.0,       # show each window up to this many seconds later in the stream (`Time=` only)
+                  seed:int=0,                  # draws of the offsets
                  ) -> DataSet:
     "Every training window of `records`, rendered; records with missing videos stop the build or are skipped"
     if missing_video not in ("fatal", "skip"): raise InputError(f"missing_video must be 'fatal' or 'skip', got {missing_video!r}", field="train.missing_video")
     kw = {} if system is None else dict(system=system)
-    kept, samples, skipped = [], [], []
+    kept, samples, skipped, rng = [], [], [], np.random.default_rng([seed, 7])
     for rec in records:
         if not rec.video_path.is_file():
             if missing_video == "fatal":
@@ -129,7 +131,8 @@ def build_samples(records,                     # StreamingRecords
         k = len(kept); kept.append(rec)
         sec = _chunk_seconds(rec)
         for a, b in window_spans(len(rec.chunks), max(1, round(window / sec)), max(1, round(stride / sec))):
-            r = render(window_record(rec, a, b), tok, n_vision, sink, text_window, **kw)
+            off = sec*int(rng.integers(0, int(time_offset/sec) + 1)) if time_offset > 0 else 0.0
+            r = render(window_record(rec, a, b), tok, n_vision, sink, text_window, time_offset=off, **kw)
             samples.append(Sample(k, a, b, r.input_ids, r.labels))
     if skipped: warnings.warn(f"skipped {len(skipped)} record(s) whose video is missing: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
     if not samples:
@@ -229,20 +232,24 @@ class BatchOrder:
         self.cursor = st["cursor"]
 
 # %% ../nbs/11_train.ipynb #20e6d8dd
-def masked_loss(model:Model, input_ids, labels, vision=None):
-    "Mean next-token cross-entropy over positions whose label is not -100; returns (loss, labelled tokens)"
+def masked_loss(model:Model, input_ids, labels, vision=None, decision_weight:float=1.0):
+    "Mean next-token cross-entropy over positions whose label is not -100 (each reply's first token weighted `decision_weight`); (loss, labelled tokens)"
     if vision is None: h = None
     else:
         feats = model.encode_video(vision) if vision.ndim == 5 else vision    # (N, n_vision, D)
         h = model.embed_with_vision(input_ids, feats, check=False)          # (B, T, D)
-    return _masked_ce(model(input_ids, input_embeddings=h), labels)
+    return _masked_ce(model(input_ids, input_embeddings=h), labels, decision_weight)
 
-def _masked_ce(logits, labels):
+def _masked_ce(logits, labels, decision_weight:float=1.0):
     "Mean cross-entropy of logits (B, T, V) predicting labels[:, 1:] where they are not -100; (loss, labelled tokens)"
     logits, targets = logits[:, :-1], labels[:, 1:]                       # predictions for tokens 1..T-1
     mask = targets != -100
     ce = nn.losses.cross_entropy(logits, mx.where(mask, targets, 0)) * mask
     n = mask.sum()
+    if decision_weight != 1.0:                                            # a reply's first token: speak or stay silent, and what about
+        first = mask & ~mx.pad(mask[:, :-1], [(0, 0), (1, 0)])
+        w = 1.0 + (decision_weight - 1.0) * first.astype(mx.float32)
+        return (ce.astype(mx.float32) * w).sum() / mx.maximum((w * mask).sum(), 1), n
     return ce.astype(mx.float32).sum() / mx.maximum(n, 1), n
 
 # %% ../nbs/11_train.ipynb #b4d83b82
@@ -688,6 +695,19 @@ def _trim_metrics(path:Path, step:int):
 def _append_metrics(path:Path, row:dict):
     with open(path, "a", encoding="utf-8") as f: f.write(json.dumps(row) + "\n"); f.flush(); os.fsync(f.fileno())
 
+# %% ../nbs/11_train.ipynb #796ab670
+def bpe_tokenizer(cfg:Config, data, out:Path, group=None) -> Tokenizer:
+    "`tokenizer.name=bpe` or `bpe:N`: a byte-level BPE of N ids (default 512) learned from the training commentary, saved in the run folder"
+    name = cfg.tokenizer.name
+    try: n = int(name.split(":", 1)[1]) if ":" in name else 512
+    except ValueError: raise InputError(f"expected bpe or bpe:<vocab size>, got {name!r}", field="tokenizer.name") from None
+    rank = 0 if group is None else group.rank()
+    if rank: _barrier(group)                                 # the first process learns and writes it, the others read it
+    records, _ = resolve_data(cfg, data, out)
+    tok = train_bpe([t for r in records for t in (r.previous, *(c.text for c in r.chunks))], out/"tokenizer", n) if not rank else None
+    if not rank: _barrier(group)
+    return tok or load_tokenizer(out/"tokenizer")
+
 # %% ../nbs/11_train.ipynb #6e187039
 @dataclass
 class Run:
@@ -724,7 +744,7 @@ def _setup(cfg:Config, data, resume_from, out:Path, verbose:bool, frame_cache_mb
             name = "qwen" if isinstance(model, Qwen25VL) and cfg.tokenizer.name == "bytes" else cfg.tokenizer.name   # a Qwen model speaks Qwen ids
             tok = load_tokenizer(start) if any((start/f).is_file() for f in ("svlm_tokenizer.json", "tokenizer.json")) else load_tokenizer(name)
         else:
-            tok = load_tokenizer(cfg.tokenizer.name)
+            tok = bpe_tokenizer(cfg, data, out, group) if cfg.tokenizer.name.startswith("bpe") else load_tokenizer(cfg.tokenizer.name)
             model = build_model(tc.model, tok, tc.seed)
     _check_model(model, tok)
     adapters = None
@@ -747,7 +767,7 @@ def _setup(cfg:Config, data, resume_from, out:Path, verbose:bool, frame_cache_mb
     else: size, n_vision, fpc = (c.frame_height, c.frame_width), c.vision_tokens, c.temporal_patch_size
     if tc.grad_checkpoint: grad_checkpoint(model)
     ds = build_samples(records, tok, n_vision, tc.window_s, tc.stride_s, cfg.cache.previous_sink_tokens, cfg.cache.previous_window_tokens,
-                       fpc, tc.missing_video, cfg.tokenizer.system, source)
+                       fpc, tc.missing_video, cfg.tokenizer.system, source, tc.time_offset_s, tc.seed)
     order = BatchOrder(len(ds), tc.batch_size, tc.seed)
     run_cfg = _run_config(cfg, source)
     if st is not None:
@@ -803,7 +823,8 @@ def train(cfg:Config,                 # the run's config (train, tokenizer, vide
     pad_id = tok.token_id("<|endoftext|>")
     vl = isinstance(model, Qwen25VL)
     n_chunks = None if vl else tc.batch_size // world * max(sm.n_chunks for sm in s.ds.samples)   # the toy pads to fixed shapes for mx.compile
-    step_fn = make_step(model, opt, tc.grad_clip, tc.grad_accum, tc.compile and not vl, group if world > 1 else None, vl_loss if vl else masked_loss)
+    step_fn = make_step(model, opt, tc.grad_clip, tc.grad_accum, tc.compile and not vl, group if world > 1 else None,
+                        vl_loss if vl else partial(masked_loss, decision_weight=tc.decision_weight))
     vision = (lambda mb: vl_vision(model, mb.input_ids, mb.frames, cfg.video.fps)) if vl else (lambda mb: mx.array(mb.frames))
     if verbose and lead:
         T = max(len(sm) for sm in s.ds.samples)

@@ -1,15 +1,17 @@
-"""The README's main job, as a user runs it: `svlm demo` trains the toy model on synthetic clips and streams two held-out
+"""The README's main job, as a user runs it: `svlm demo` trains the toy model on synthetic clips and streams four held-out
 clips it has never seen. It must commentate at the right moments, and its headline must tell the truth about what it said.
 
-The synthetic clips have an event every 4-5 s, so at the standard tolerance (±1.5 s) a blind fixed schedule already
-scores well: speaking every 3rd second gets F 0.75 on the held-out clips, the luckiest schedule (every 5th, best phase)
-0.89. In the exact chunk (±0.5 s) the best fixed schedule gets 0.33, and the trained toy model 0.97 (measured with seed 0,
-greedy decoding). So the test asks for F >= 0.8 in the exact chunk, and >= 0.85 at ±1.5 s.
+The synthetic clips have events at irregular times, so a blind fixed schedule cannot guess them: the best schedule of
+every 2nd to 12th second at its luckiest phase, chosen on the held-out references themselves, scores 0.38 in the exact
+chunk; the toy recipe 1.00 (measured with seed 0, greedy decoding). So the test asks for F >= 0.8 in the exact chunk,
+>= 0.85 at +-1.5 s, the blind schedule at most 0.4 and the model at least 0.3 above it.
 
 Timing is not the words: the headline also prints event accuracy (does each matched line name the reference's kind of
 event?) and ROUGE-L, and the test recomputes every figure of it from the files the demo wrote, and reads each reference
-line back from the printed side-by-side tables. (No bar on event accuracy yet: today's toy says "<team> passes forward."
-at most events; issue #15 raises it.)
+line back from the printed side-by-side tables. The recipe's clips carry captions (issue #15: the toy does not yet learn
+the events from the play alone); with them it names the right kind of event on 0.57 of the matched lines after its
+1,000 steps (measured: 12 of 21; ROUGE-L 0.56). The test asks for at least 0.4, which a model whose words stopped
+following the frames fails (the 2-layer variant of the ablation table: 0.19).
 """
 import json, re, subprocess, sys
 from pathlib import Path
@@ -24,9 +26,11 @@ def test_demo_learns_to_commentate(tmp_path):
     r = subprocess.run([str(SVLM), "demo", "--out", str(tmp_path)], capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout.strip().splitlines()[-1])
-    assert s["steps"] == 300 and s["loss_last"] < 0.4, s
+    assert s["steps"] == 1000 and s["loss_last"] < 0.4, s
     assert s["f1_exact"] >= 0.8 and s["f1"] >= 0.85, (s, r.stdout[-3000:])
-    for i in range(2):                                        # what a user gets to look at, on disk
+    assert s["blind_f1_exact"] <= 0.4 and s["f1_exact"] >= s["blind_f1_exact"] + 0.3, s
+    assert s["event_acc"] >= 0.4, (s, r.stdout[-3000:])
+    for i in range(4):                                        # what a user gets to look at, on disk
         events = [json.loads(l) for l in open(tmp_path/f"heldout_{i}.jsonl")]
         assert events and all(e["text"].strip() for e in events)
         assert (tmp_path/f"heldout_{i}.vtt").read_text().startswith("WEBVTT")
@@ -43,13 +47,13 @@ def test_demo_learns_to_commentate(tmp_path):
 
     # the headline prints them together, as computed
     out = r.stdout
-    head = next(l for l in out.splitlines() if l.startswith("4. on 2 held-out clips:"))
+    head = next(l for l in out.splitlines() if l.startswith("4. on 4 held-out clips:"))
     assert (f"timing F {p['f1']:.2f} at ±1.5 s, {p['f1_exact']:.2f} in the exact chunk; event accuracy {p['event_acc']:.2f} "
             f"(team {p['team_acc']:.2f}); ROUGE-L {p['rouge_l']:.2f}") in head, head
     # one table per clip: every reference line on the row of its time, beside the model's line and the verdict on its kind
     tables = re.split(r"^3\. held-out clip \d", out, flags=re.M)[1:]
     tables[-1] = tables[-1].split("\n4. ")[0]
-    assert len(tables) == len(sc["clips"]) == 2
+    assert len(tables) == len(sc["clips"]) == 4
     for c, table in zip(sc["clips"], tables):
         for x in c["pairs"]:
             row = re.search(rf"^ +{c['ref'][x['ref']]['start']:.1f}s  {re.escape(x['ref_text'][:25])}.*$", table, re.M)

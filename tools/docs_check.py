@@ -29,9 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = "svlm"
-DEFAULT_PAGES = ["index", "09_cache", "10_generate", "13_eval", "17_bench"]
+DEFAULT_PAGES = ["index", "09_cache", "10_generate", "13_eval", "18_bench"]
 MUST_SHOW = {"09_cache": ["make_cache", "StreamingCache"], "10_generate": ["generate", "stream_generate"],
-             "13_eval": ["score_clip", "plot_report"], "17_bench": ["bench_stream", "bench_cache"]}  # on top of `__all__`
+             "13_eval": ["score_clip", "plot_report"], "18_bench": ["bench_stream", "bench_cache"]}  # on top of `__all__`
 PLOT_PAGES = {"09_cache", "13_eval"}  # pages that must show at least one figure
 COPY = ["pyproject.toml", "README.md", "nbs", "configs", "data"]  # what the docs preparation may read
 _SKIP_NBS = {"_proc", "_docs", "_site", ".quarto", "sidebar.yml", ".ipynb_checkpoints"}
