@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['cmd_info', 'cmd_convert', 'cmd_train', 'cmd_infer', 'cmd_demo', 'cmd_bench', 'cmd_convert_model', 'cmd_fuse',
-           'cmd_generate', 'cmd_train_indexer', 'parser', 'main']
+           'cmd_generate', 'cmd_train_indexer', 'cmd_ovo', 'parser', 'main']
 
 # %% ../nbs/19_cli.ipynb #c65c1c36
 import svlm
@@ -164,6 +164,48 @@ def cmd_train_indexer(args):
     print(json.dumps(train_indexer_from_file(args.pairs, args.out, heldout=args.heldout, steps=args.steps)))
     return 0
 
+# %% ../nbs/19_cli.ipynb #658c7908
+def cmd_ovo(args):
+    "Answer OVO-Bench (or a file in its format) with a checkpoint's streaming engine and key-frame memory, resumably; print the scores as one JSON line"
+    from svlm.memory import run_ovo, ovo_answer_fn, MemoryEngine, SilentPolicy
+    from svlm.stream import load_streamer
+    if args.inference_only and args.score_only: raise InputError("--inference-only and --score-only exclude each other", field="score-only")
+    fn, kw = None, {}
+    if not args.score_only:
+        if not args.anno_path: raise InputError("answering needs the annotation file: pass --anno-path", field="anno-path")
+        if not Path(args.anno_path).is_file(): raise InputError("annotation file not found", args.anno_path)
+        if not (args.video_dir or args.chunked_dir): raise InputError("answering needs the videos: pass --video-dir (or --chunked-dir)", field="video-dir")
+        for d in (args.video_dir, args.chunked_dir):
+            if d and not Path(d).is_dir(): raise InputError("folder not found", d)
+        if not args.checkpoint: raise InputError("answering needs a model: pass --checkpoint (an svlm run or a Qwen2.5-VL folder), or --score-only", field="checkpoint")
+        model, tok, cfg, note = load_streamer(args.checkpoint, args.overrides, config=_config(args) if args.config else None)
+        if note: print(f"svlm ovo: note: {note}", file=sys.stderr)
+        fn = ovo_answer_fn(MemoryEngine(model, tok, cfg, policy=SilentPolicy()))
+        kw = fn.run_kw
+    out = run_ovo(args.anno_path, args.video_dir, args.tasks, args.result_dir, fn, inference_only=args.inference_only, score_only=args.score_only,
+                  skip_invalid=args.skip_invalid, model=args.model_name, chunked_dir=args.chunked_dir, **kw)
+    s = out["scores"] or {}
+    print(json.dumps(dict(results=out["results_path"], scores=out["scores_path"], answered=out["answered"], invalid=len(out["invalid"]),
+                          **{k: s.get(k) for k in ("backward", "realtime", "forward", "total", "total_br") if s},
+                          tasks={t: v["accuracy"] for t, v in s.get("tasks", {}).items()} if s else None)))
+    return 0
+
+def _ovo_parser(sub):
+    "Add the `ovo` subcommand to `sub`"
+    o = _add_common(sub.add_parser("ovo", help="OVO-Bench (or svlm's synthetic OVO-style set): answer with key-frame memory, resumably, and score"))
+    o.add_argument("--anno-path", help="OVO-Bench's ovo_bench_new.json, or a file in its format (not needed with --score-only)")
+    o.add_argument("--video-dir", help="folder the rows' video paths are relative to (OVO-Bench's src_videos/)")
+    o.add_argument("--chunked-dir", help="OVO-Bench's pre-cut chunked_videos/ folder ({id}.mp4, {id}_{i}.mp4), read instead of --video-dir")
+    o.add_argument("--tasks", help='task names, e.g. "EPM ASI HLD" (default: all 12)')
+    o.add_argument("--result-dir", required=True, help="where results ({model}/{model}_{tasks}_offline_1.json) and scores go")
+    o.add_argument("--checkpoint", help="svlm run or checkpoint folder, or a Qwen2.5-VL folder")
+    o.add_argument("--inference-only", action="store_true", help="answer, do not score")
+    o.add_argument("--score-only", action="store_true", help="score the results file as it is")
+    o.add_argument("--skip-invalid", action="store_true", help="report, skip and count bad rows instead of stopping")
+    o.add_argument("--model-name", default="svlm", help="the model's name in the results path")
+    o.set_defaults(fn=cmd_ovo)
+    return o
+
 # %% ../nbs/19_cli.ipynb #29c008dc
 def parser() -> argparse.ArgumentParser:
     "The `svlm` argument parser"
@@ -253,6 +295,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True, help="the question, e.g. 'Describe this image'")
     g.add_argument("--no-stream", action="store_true", help="print the whole reply at once, then its statistics")
     g.set_defaults(fn=cmd_generate)
+    _ovo_parser(sub)
     return p
 
 def main(argv=None) -> int:

@@ -320,3 +320,174 @@ def test_train_indexer_from_file(tmp_path):
     assert load_pairs(tmp_path/"pairs.npz")[0].shape == (500, 16)
     np.savez(tmp_path/"bad.npz", questions=Q)
     with pytest.raises(InputError, match="no array 'key_frames'"): load_pairs(tmp_path/"bad.npz")
+
+
+# ---- questions over a live stream (MemoryEngine), the synthetic OVO-style benchmark
+
+from svlm.core import CacheConfig, SamplingConfig, SynthConfig
+from svlm.synth import script_clip, SPLIT_SEED
+from svlm.generate import generate
+from svlm.memory import (MemoryEngine, SilentPolicy, question_turn_ids, ovo_answer_fn, run_ovo_live, synth_ovo_rows, make_synth_ovo,
+                         held_times, describe_event, ovo_clip, ovo_frames, empty_results, ovo_items, UNABLE)
+from svlm.memory import _Clips, _record
+
+ECFG = Config(cache=CacheConfig(vision_rounds=3, previous_sink_tokens=8, previous_window_tokens=16),
+              memory=MemoryConfig(topk=2, key_frame_match_ratio=0.9), sampling=SamplingConfig(temperature=0.0, max_new_tokens=6))
+
+
+def toy_model(seed=0):
+    tok = ByteTokenizer()
+    mx.random.seed(seed)
+    return Model(preset("tiny", vocab_size=tok.vocab_size, video_pad_id=tok.token_id("<|video_pad|>"))), tok
+
+
+def scene_stream(seconds=24, fps=2):
+    "Still scenes, one per 4 s clip in the order 0 0 1 1 2 2 ...: the memory holds one key frame per scene"
+    rng = np.random.default_rng(1)
+    scenes = [rng.integers(0, 255, (56, 84, 3), dtype=np.uint8), np.full((56, 84, 3), 200, np.uint8),
+              np.tile(np.linspace(0, 255, 84).astype(np.uint8)[None, :, None], (56, 1, 3)), np.zeros((56, 84, 3), np.uint8)]
+    return [(i / fps, scenes[(i // (8 * fps)) % 4]) for i in range(seconds * fps)]
+
+
+def test_clips_are_cut_as_chunks_pass():
+    pairs = scene_stream(10)
+    cb, got = _Clips(MemoryConfig()), []
+    for k in range(10): got += cb.push([t for t, _ in pairs[2 * k:2 * k + 2]], [f for _, f in pairs[2 * k:2 * k + 2]])
+    whole = list(memory_clips(pairs, MemoryConfig(), end=10.0))
+    assert [(c.start, c.end, c.times.tolist()) for c in got] == [(c.start, c.end, c.times.tolist()) for c in whole[:2]]
+    assert cb.push([1.0, 9.0], [pairs[0][1]] * 2) == []          # a repeated (older) frame is dropped; clip 8-12 is still open
+
+
+def test_question_context_layout_and_answer():
+    toy, tok = toy_model()
+    eng = MemoryEngine(toy, tok, ECFG)
+    eng.run(scene_stream(24))
+    assert eng.memory.spans == [(0.0, 8.0), (8.0, 16.0), (16.0, 24.0)] and sorted(eng.seen) == [21, 22, 23]
+    cache, ids, kfs, window = eng.context("Which team scored first?")
+    text = tok.decode(cache.kept_ids() + ids)
+    assert text.count("Time=") == 6                                    # 2 key frames + 3 window rounds + the question
+    stamps = [text.index(k.time_text + "<|vision_start|>") for k in kfs] + [text.index(f"Time={r.t0:.1f}-{r.t1:.1f}s<|vision_start|>") for r in window]
+    assert stamps == sorted(stamps) and text.endswith("<|im_start|>user\nTime=24.0s Which team scored first?<|im_end|>\n<|im_start|>assistant\n\n")
+    assert ids[-len(question_turn_ids(tok, 24.0, "Which team scored first?")):] == question_turn_ids(tok, 24.0, "Which team scored first?")
+    # the answer is what one prefill of the whole context, greedy, generates
+    all_ids = cache.kept_ids() + ids
+    feats = mx.concatenate([mx.array(k.tokens) for k in kfs] + [r.feats for r in window])
+    ref = generate(toy, tok, all_ids, input_embeddings=toy.embed_with_vision(mx.array([all_ids]), feats)[0], config=ECFG.sampling)
+    pieces = []
+    a = eng.ask("Which team scored first?", on_text=pieces.append)
+    assert a.tokens == ref.tokens and a.key_frames == [(k.t0, k.t1) for k in kfs] and a.context_tokens == len(all_ids)
+    assert "".join(pieces) == ref.text
+    w = eng.ask("Which team scored first?", topk=0)
+    assert w.key_frames == [] and len(w.window) == 3 and w.context_tokens < a.context_tokens
+
+
+def test_asking_does_not_disturb_the_stream():
+    toy, tok = toy_model()
+    eng, twin = MemoryEngine(toy, tok, ECFG), MemoryEngine(toy, tok, ECFG)
+    eng.run(scene_stream(12)); twin.run(scene_stream(12))
+    eng.ask("Who has the ball?")
+    more = [(12 + t, f) for t, f in scene_stream(4)]
+    assert [r["tokens"] for r in eng.run(more).metrics] == [r["tokens"] for r in twin.run(more).metrics]
+    assert eng.cache.kept_ids() == twin.cache.kept_ids() and eng.memory.spans == twin.memory.spans
+
+
+def test_memory_engine_bad_input():
+    toy, tok = toy_model()
+    with pytest.raises(InputError, match="cache.mode"): MemoryEngine(toy, tok, Config(cache=CacheConfig(mode="sink")))
+    eng = MemoryEngine(toy, tok, ECFG)
+    with pytest.raises(InputError, match="the question is empty"): eng.ask(" ")
+
+
+def test_memory_engine_on_tiny_qwen25vl():
+    "Key frames as two-patch videos; the context's 3-D positions are get_rope_index's; the first answer token is a fresh prefill's argmax"
+    from svlm.tokenizer import load_tokenizer
+    from svlm.vision import VisionConfig
+    from svlm.qwen25vl import Qwen25VL, Qwen25VLConfig
+    qtk = load_tokenizer("qwen")
+    vc = VisionConfig.from_dict(dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=4, out_hidden_size=32, fullatt_block_indexes=[0],
+                                     tokens_per_second=2, spatial_merge_size=2, patch_size=14, temporal_patch_size=2, window_size=112))
+    mx.random.seed(0)
+    vl = Qwen25VL(Qwen25VLConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                                 vocab_size=151680, vision=vc, mrope_section=(2, 1, 1), rope_theta=100.0, tie_word_embeddings=True))
+    cfg = Config(cache=CacheConfig(vision_rounds=2, previous_sink_tokens=8, previous_window_tokens=16),
+                 video=VideoConfig(min_pixels=56 * 56, max_pixels=56 * 56), memory=MemoryConfig(topk=2, key_frame_match_ratio=0.99),
+                 sampling=SamplingConfig(temperature=0.0, max_new_tokens=3))
+    eng = MemoryEngine(vl, qtk, cfg, policy=SilentPolicy())
+    rng = np.random.default_rng(0)
+    eng.run([(i / 2, rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)) for i in range(24)])
+    a = eng.ask("Which team scored first?")
+    cache, ids, kfs, window = eng.context("Which team scored first?")
+    kept = cache.kept_ids() + ids
+    assert eng.clip_grid == [2, 4, 4] and len(kfs) == min(2, len(eng.memory)) >= 1 and [r.grid for r in window] == [[1, 4, 4]] * 2
+    spans = [(eng.clip_grid, 2.0)] * len(kfs) + [(r.grid, r.spg) for r in window]
+    pos, _ = vl.config.rope_index(np.array([kept]), None, [g for g, _ in spans], [s for _, s in spans])
+    np.testing.assert_allclose(np.array(cache.slot_positions(0, len(kept))), np.array(pos), atol=1e-5)
+    feats = mx.concatenate([mx.array(k.tokens) for k in kfs] + [r.feats for r in window])
+    logits = vl(mx.array([kept]), pos, None, vl.embed_with_vision(mx.array([kept]), feats))[0, -1]
+    assert a.tokens[0] == int(mx.argmax(logits).item())
+
+
+def test_synthetic_benchmark_by_hand():
+    "Held-out clip 1: Red pass 4 s, Red throw-in 9 s, Blue pass 14 s, Blue goal (shown 19 s, in at 21 s), Red pass 26 s"
+    ev = script_clip(SPLIT_SEED["heldout"] + 1)
+    assert [(e.t, e.kind, e.team) for e in ev] == [(4.0, "pass", "Red"), (9.0, "out", "Red"), (14.0, "pass", "Blue"), (19.0, "goal", "Blue"), (26.0, "pass", "Red")]
+    assert [describe_event(e) for e in ev[1:4:2]] == ["Red put the ball out for a throw-in", "Blue scored"]
+    assert held_times(ev, 30.0) == [(2, "Red"), (3, "Red"), (8, "Red"), (13, "Blue"), (18, "Blue"), (25, "Red")]
+    rows = synth_ovo_rows(SPLIT_SEED["heldout"] + 1, "videos/heldout_001.mp4")
+    assert rows == synth_ovo_rows(SPLIT_SEED["heldout"] + 1, "videos/heldout_001.mp4")
+    by = {}
+    for r in rows: by.setdefault(r["task"], []).append(r)
+    assert sorted(by) == ["ASI", "CRR", "EPM", "OJR", "REC"]
+    epm = by["EPM"][0]
+    assert (epm["options"][epm["gt"]], sorted(epm["options"]), epm["realtime"]) == ("Blue", ["Blue", "Red", UNABLE], 30.0)
+    asi = by["ASI"][0]
+    assert asi["options"][asi["gt"]] == "Red put the ball out for a throw-in"
+    assert all(dict(held_times(ev, 30.0))[int(r["realtime"])] == r["options"][r["gt"]] for r in by["OJR"])
+    assert [p["count"] for p in by["REC"][0]["test_info"]] == [0, 0, 0, 1, 1]
+    assert [(p["realtime"], p["type"]) for p in by["CRR"][0]["test_info"]] == [(16.0, 0), (20.0, 0), (23.0, 1), (27.0, 1), (30.0, 1)]
+
+
+def test_synthetic_benchmark_loads_and_an_oracle_scores_100(tmp_path):
+    path = make_synth_ovo(tmp_path, 12, videos=False)
+    bench = load_ovo(path)
+    assert bench.invalid == [] and {"EPM", "HLD", "ASI", "OJR", "REC", "CRR"} <= {r["task"] for r in bench.rows}
+    assert path.stat().st_size < 200_000
+    res, done = empty_results(), {}
+    for row in bench.rows:
+        for it in ovo_items(row):
+            _record(res, done, row, it, str(it.truth) if row["task"] == "REC" else ("Yes" if it.truth else "No") if row["task"] == "CRR" else it.truth)
+    s = score_results(res)
+    assert all(v["accuracy"] == 100.0 for v in s["tasks"].values()) and s["total"] == 100.0
+    hld = [r for r in bench.rows if r["task"] == "HLD"]
+    assert all(r["options"][r["gt"]] == UNABLE and not any(e.kind == "goal" for e in script_clip(SPLIT_SEED["heldout"] + int(r["id"][8:11]))) for r in hld)
+    with pytest.raises(InputError, match="unknown split"): make_synth_ovo(tmp_path, 1, split="test")
+
+
+def test_ovo_with_the_engine_offline_live_and_pre_cut(tmp_path):
+    "run_ovo with ovo_answer_fn, run_ovo_live, and pre-cut clips: the same items see the same frames and get the same answers"
+    toy, tok = toy_model()
+    cfg = SynthConfig(duration=8, width=84, height=56, n_clips=1)
+    path = make_synth_ovo(tmp_path/"b", 1, cfg=cfg)
+    eng = MemoryEngine(toy, tok, Config(memory=MemoryConfig(topk=2), cache=CacheConfig(vision_rounds=2),
+                                        sampling=SamplingConfig(temperature=0.0, max_new_tokens=3)), policy=SilentPolicy())
+    fn = ovo_answer_fn(eng)
+    off = run_ovo(path, tmp_path/"b", None, tmp_path/"r", fn, **fn.run_kw)
+    live, answers = run_ovo_live(eng, path, tmp_path/"b")
+    flat = lambda res: [r["response"] for c in ("backward", "realtime") for r in res[c]] + [p["response"] for r in res["forward"] for p in r["test_info"]]
+    assert flat(live) == flat(read_results(off["results_path"])) and len(answers) == load_ovo(path).n_calls
+    assert score_results(live)["tasks"] == off["scores"]["tasks"]
+    # OVO-Bench's chunked_videos layout: {id}.mp4 and {id}_{i}.mp4, cut at ceil(realtime)
+    from svlm.video import FileSource
+    from svlm.synth import write_mp4
+    cut = tmp_path/"chunked"; cut.mkdir()
+    bench = load_ovo(path)
+    src = [f for _, f in FileSource(tmp_path/"b"/bench.rows[0]["video"], fps=10)]
+    for row in bench.rows:
+        for it in ovo_items(row):
+            name = f"{row['id']}.mp4" if it.probe is None else f"{row['id']}_{it.probe}.mp4"
+            write_mp4(cut/name, src[:10 * math.ceil(it.realtime)], 10, 84, 56)
+    pre = run_ovo(path, None, None, tmp_path/"r2", fn, chunked_dir=cut, **fn.run_kw)
+    assert pre["scores"]["tasks"] == off["scores"]["tasks"]
+    (cut/f"{bench.rows[0]['id']}.mp4").unlink()
+    bad = run_ovo(path, None, None, tmp_path/"r3", fn, chunked_dir=cut, skip_invalid=True, **fn.run_kw)
+    assert [x["id"] for x in bad["invalid"]] == [bench.rows[0]["id"]] and "pre-cut clip not found" in bad["invalid"][0]["error"]
