@@ -12,12 +12,13 @@ __all__ = ['ROUTERS', 'BACKWARD_TASKS', 'REALTIME_TASKS', 'FORWARD_TASKS', 'OVO_
            'OvoRowError', 'check_row', 'OvoBench', 'load_ovo', 'OvoItem', 'ovo_items', 'item_row', 'ovo_video',
            'ovo_clip', 'ovo_frames', 'score_mc', 'score_count', 'score_yes_no', 'score_item', 'empty_results',
            'OvoScores', 'score_results', 'results_path', 'read_results', 'write_results', 'run_ovo',
-           'question_turn_ids', 'SilentPolicy', 'Answer', 'MemoryEngine', 'ovo_answer_fn', 'run_ovo_live',
-           'describe_event', 'held_times', 'synth_ovo_rows', 'make_synth_ovo']
+           'question_turn_ids', 'SilentPolicy', 'Answer', 'MemoryEngine', 'ovo_answer_fn', 'ask_moment', 'stream_items',
+           'run_ovo_live', 'describe_event', 'held_times', 'synth_ovo_rows', 'make_synth_ovo', 'qa_layout', 'QASample',
+           'qa_answer', 'qa_samples', 'train_qa']
 
 # %% ../nbs/14_memory.ipynb #b3dca50a
 import svlm
-import copy, json, math, re, time
+import copy, itertools, json, math, re, time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
@@ -26,14 +27,17 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 from fastcore.basics import patch_to
-from .core import InputError, atomic_write, read_json, Config, MemoryConfig, VideoConfig, SynthConfig, SamplingConfig
+from functools import partial
+from .core import InputError, atomic_write, read_json, config_dict, Config, MemoryConfig, VideoConfig, SynthConfig, SamplingConfig
 from .video import FrameChunk, FileSource, probe, iter_chunks
 from .model import read_safetensors
-from .tokenizer import Tokenizer, parse_reply, user_turn_ids
+from .tokenizer import Tokenizer, parse_reply, user_turn_ids, prefix_ids, finish_turn
 from .cache import make_cache
 from .generate import stream_generate
-from .stream import StreamEngine, Policy, Decision, _Banned
+from .stream import StreamEngine, Policy, Decision, silence_fork, _Banned
 from .synth import script_clip, make_clip, SPLIT_SEED, TEAMS
+from .train import (TrainResult, BatchOrder, FrameCache, build_samples, collate, masked_loss, make_optimizer, make_step, freeze,
+                        save_checkpoint, resolve_data, load)
 
 # %% ../nbs/14_memory.ipynb #3f372617
 def clip_frames(mcfg:MemoryConfig) -> int:
@@ -991,13 +995,18 @@ def _feed_round(self, cache, t0:float, t1:float, feats, grid, spg:float, reply:l
     cache.end_round()
 
 @patch_to(MemoryEngine)
+def routed(self, question:str, topk:int|None=None) -> list[KeyFrame]:
+    "The key frames `question` routes into its context, in time order (`topk` 0 or an empty memory: none; default `memory.topk`)"
+    topk = self.cfg.memory.topk if topk is None else topk
+    picked = self.router.route(self.memory, query_tokens(self.model, self.tok, question), topk) if topk and len(self.memory) else []
+    return sorted((self.memory[i] for i in picked), key=lambda k: (k.t0, k.t1))
+
+@patch_to(MemoryEngine)
 def context(self, question:str,
             topk:int|None=None,        # key frames to route in (default `memory.topk`; 0: the recent window alone)
            ) -> tuple:                 # (cache holding the context, the question turn's ids still to feed, key frames, window rounds)
     "The question's context in a fresh full cache: previous text, routed key frames in time order, the recent window's rounds"
-    topk = self.cfg.memory.topk if topk is None else topk
-    picked = self.router.route(self.memory, query_tokens(self.model, self.tok, question), topk) if topk and len(self.memory) else []
-    kfs = sorted((self.memory[i] for i in picked), key=lambda k: (k.t0, k.t1))
+    kfs = self.routed(question, topk)
     cache = make_cache(self.model, self.tok, replace(self.cfg.cache, mode="full"), previous=self.previous_text(), system=self.cfg.tokenizer.system)
     spg = self.model.config.vision.temporal_patch_size / self.cfg.memory.sample_fps if self.vl else 1.0
     for k in kfs: self._feed_round(cache, k.t0, k.t1, mx.array(k.tokens), self.clip_grid, spg, self.sil)
@@ -1042,6 +1051,18 @@ def ovo_answer_fn(engine:MemoryEngine, topk:int|None=None, sampling:SamplingConf
     answer.run_kw = dict(fps=v.fps, size=engine.size, video_cfg=v)
     return answer
 
+def ask_moment(realtime:float) -> int:
+    "The whole second an item is asked at: after the chunk that ends at ceil(realtime) (at least the first)"
+    return max(math.ceil(realtime), 1)
+
+def stream_items(engine:MemoryEngine, src, items:list):
+    "Step `engine` through frame source `src`, yielding each of `items` (tuples `(moment_s, ...)` sorted by moment) once the stream has reached its moment"
+    v = engine.cfg.video
+    chunks = iter_chunks(src, v.chunk_s, v.overlap_s)
+    for it in items:
+        while engine.t + 1e-6 < it[0] and (chunk := next(chunks, None)) is not None: engine.step(chunk)
+        yield it
+
 def run_ovo_live(engine:MemoryEngine,          # the model, with its memory and router
                  anno_path,                    # an OVO-Bench file (or one in its format)
                  video_dir,                    # the folder its `video` paths are relative to
@@ -1060,20 +1081,15 @@ def run_ovo_live(engine:MemoryEngine,          # the model, with its memory and 
         except OvoRowError as e:
             if not skip_invalid: raise
             results["invalid"].append(e.record()); continue
-        for it in ovo_items(row): by_video.setdefault(row["video"], []).append((max(math.ceil(it.realtime), 1), row, it))
+        for it in ovo_items(row): by_video.setdefault(row["video"], []).append((ask_moment(it.realtime), row, it))
     for video, items in by_video.items():
         items.sort(key=lambda x: x[0])
         engine.reset()
         src = FileSource(Path(video_dir)/video, fps=v.fps, size=engine.size, end=items[-1][0], cfg=v)
-        k, chunks = 0, iter_chunks(src, v.chunk_s, v.overlap_s)
-        while k < len(items):
-            if engine.t + 1e-6 < items[k][0]:
-                chunk = next(chunks, None)
-                if chunk is not None: engine.step(chunk); continue
-            _, row, it = items[k]
+        for _, row, it in stream_items(engine, src, items):
             a = engine.ask(it.prompt, topk, sampling)
             _record(results, done, row, it, a.text)
-            answers.append(a); k += 1
+            answers.append(a)
     return results, answers
 
 # %% ../nbs/14_memory.ipynb #80791bb0
@@ -1164,3 +1180,146 @@ def make_synth_ovo(out_dir,                      # folder for the videos and `sy
     path = out/"synth_ovo.json"
     with atomic_write(path) as f: json.dump(rows, f, indent=1)
     return path
+
+# %% ../nbs/14_memory.ipynb #562eb83d
+def qa_layout(tok:Tokenizer, cfg:Config,
+              previous:str,        # the previous text the live cache holds (`MemoryEngine.previous_text`)
+              key_frames:list,     # (t0, t1, n_vision) of each routed key frame, in time order
+              window:list,         # (t0, t1, n_vision, reply ids, query) of each recent round
+              t:float,             # the moment the question is asked, seconds
+              question:str,        # the question
+             ) -> list[int]:
+    "The ids of a question's context as `MemoryEngine.context` lays them out, built from svlm.tokenizer's pieces alone"
+    c = cfg.cache
+    ids = prefix_ids(tok, previous, c.previous_sink_tokens, c.previous_window_tokens, cfg.tokenizer.system)
+    sil, _ = silence_fork(tok)
+    for t0, t1, n in key_frames: ids += user_turn_ids(tok, t0, t1, n) + finish_turn(tok, sil)
+    for t0, t1, n, reply, query in window: ids += user_turn_ids(tok, t0, t1, n, query) + finish_turn(tok, reply)
+    return ids + question_turn_ids(tok, t, question)
+
+# %% ../nbs/14_memory.ipynb #61dc24f0
+@dataclass(repr=False)
+class QASample:
+    "A question over a stream as a training sample: context and answer ids, labels on the answer alone, the context's vision features"
+    input_ids: np.ndarray    # (T,) int32: context, question turn, answer, <|im_end|>
+    labels: np.ndarray       # (T,) int32: the answer's ids and its <|im_end|>, -100 elsewhere
+    vision: np.ndarray       # (n, D) float32: the key frames' tokens, then the window rounds' features, in slot order
+    task: str = ""           # the OVO task it comes from
+    id: str = ""             # the row id (with `_probe` for a forward probe)
+    t: float = 0.0           # the moment it is asked, seconds
+    n_key_frames: int = 0    # key frames in its context
+    n_chunks = 0             # frames to decode: none (`svlm.train.collate` counts them)
+
+    def __len__(self): return len(self.input_ids)
+    def __repr__(self): return (f"QASample({self.task} {self.id!r} at {self.t:g}s: {len(self)} tokens, {self.n_key_frames} key frames, "
+                                f"{len(self.vision)} vision tokens, {int((self.labels != -100).sum())} labelled)")
+
+def qa_answer(item:OvoItem) -> str:
+    "What a perfect model answers to an item, in the form its scorer reads: the letter, the count, Yes or No"
+    if item.task in MC_TASKS: return item.truth
+    return str(item.truth) if item.task == "REC" else ("Yes" if item.truth else "No")
+
+@patch_to(MemoryEngine)
+def qa_sample(self, question:str, answer:str, topk:int|None=None, task:str="", id:str="") -> QASample:
+    "The training sample of `question` asked now and answered `answer`: the context `context` would build (without running the model), then the answer"
+    if not answer.strip(): raise InputError("the answer is empty", field="answer")
+    kfs, window = self.routed(question, topk), [self.seen[i] for i in sorted(self.seen)]
+    ctx = qa_layout(self.tok, self.cfg, self.previous_text(), [(k.t0, k.t1, len(k.tokens)) for k in kfs],
+                    [(r.t0, r.t1, r.feats.shape[0], r.reply, r.query) for r in window], self.t, question)
+    ans = self.tok.encode(answer) + [self.tok.token_id("<|im_end|>")]
+    feats = [k.tokens for k in kfs] + [_np(r.feats) for r in window]
+    vision = np.concatenate(feats) if feats else np.zeros((0, self.memory.dim or 0), np.float32)
+    return QASample(np.array(ctx + ans, np.int32), np.array([-100] * len(ctx) + ans, np.int32), vision, task, id, self.t, len(kfs))
+
+# %% ../nbs/14_memory.ipynb #3ec5a4fc
+def _orderings(row:dict, n:int) -> list[dict]:
+    "`row` and up to n-1 other orderings of its options (\"Unable to answer\" stays where it is), the truth following its option"
+    fixed = [i for i, o in enumerate(row["options"]) if o == UNABLE]
+    free = [i for i in range(len(row["options"])) if i not in fixed]
+    out = []
+    for perm in itertools.islice(itertools.permutations(free), n):
+        opts = list(row["options"])
+        for i, j in zip(free, perm): opts[i] = row["options"][j]
+        out.append({**row, "options": opts, "gt": opts.index(row["options"][row["gt"]])})
+    return out
+
+def qa_samples(model, tok:Tokenizer,
+               cfg:Config,                # memory, cache, video and synth settings (clips at cfg.synth's size: the model's frame size)
+               video_dir,                 # where the clips are, named as `make_dataset` names them (videos/train_000.mp4, ...); missing ones are rendered
+               n_clips:int=8,             # training clips
+               first:int=0,               # the first clip's index in the training split
+               topk=None,                 # key frames per question: an int, or a tuple to draw from per question (None: `memory.topk`)
+               n_orders:int=1,            # orderings of each multiple-choice question's options (the first is the benchmark's)
+               router=None,               # the router that picks the key frames (default: `make_router(cfg.memory)`)
+               seed:int=0,                # the draws of topk
+              ) -> list[QASample]:
+    "The synthetic benchmark's questions over clips of the TRAINING split as training samples, each in the layout it is asked in"
+    first, n_clips = int(first), _positive_int(n_clips, "n_clips")
+    if first < 0 or cfg.synth.seed + first + n_clips > SPLIT_SEED["heldout"]:
+        raise InputError(f"clips {first}..{first + n_clips - 1} leave the training split (its seeds end at {SPLIT_SEED['heldout']})", field="first")
+    eng = MemoryEngine(model, tok, cfg, policy=SilentPolicy(), router=router)
+    rng, v, out = np.random.default_rng([seed, 16]), cfg.video, []
+    for i in range(first, first + n_clips):
+        s, video = cfg.synth.seed + SPLIT_SEED["train"] + i, f"videos/train_{i:03d}.mp4"
+        path = Path(video_dir)/video
+        if not path.is_file(): make_clip(path, s, cfg.synth)
+        items = []
+        for row in synth_ovo_rows(s, video, cfg.synth):
+            for r in (_orderings(row, n_orders) if row["task"] in MC_TASKS else [row]):
+                items += [(ask_moment(it.realtime), r, it) for it in ovo_items(r)]
+        items.sort(key=lambda x: x[0])
+        eng.reset()
+        src = FileSource(path, fps=v.fps, size=eng.size, end=items[-1][0], cfg=v)
+        for _, row, it in stream_items(eng, src, items):
+            k = int(rng.choice(topk)) if isinstance(topk, (tuple, list)) else topk
+            out.append(eng.qa_sample(it.prompt, qa_answer(it), k, it.task, str(it.id) + ("" if it.probe is None else f"_{it.probe}")))
+    return out
+
+# %% ../nbs/14_memory.ipynb #433938d7
+def train_qa(cfg:Config,                 # the recipe: train (batch size, lr schedule, clipping, decision weight), cache, tokenizer
+             qa:list,                    # `QASample`s (`qa_samples`), rendered with the start model
+             start,                      # the toy to start from: a run or checkpoint folder (`svlm.train.load`), or a (model, tokenizer) pair
+             out,                        # run folder for the checkpoint
+             steps:int=200,              # optimizer steps
+             qa_share:float=0.5,         # share of the steps that train on questions (the others on commentary windows)
+             data=None,                  # the commentary records (path or list; default `cfg.train.data`, else the synthetic clips under out/data)
+             freeze_vision:bool=True,    # keep the video encoder: the samples' key frames were encoded with it
+             max_seconds:float|None=None,  # stop (with a checkpoint) after this much wall time
+            ) -> TrainResult:            # `.kinds`: "qa" or "commentary" for each step's batch
+    "Fine-tune the toy on questions over streams and on commentary together, one batch of either kind per step"
+    if not qa: raise InputError("no question samples", field="qa")
+    if not 0 <= qa_share <= 1: raise InputError(f"must be within [0, 1], got {qa_share!r}", field="qa_share")
+    tc, out = replace(cfg.train, steps=_positive_int(steps, "steps"), out=str(out)), Path(out)
+    model, tok = start if isinstance(start, tuple) else load(start)[:2]
+    if hasattr(model, "encode_chunk"): raise InputError("train_qa trains the toy model; a Qwen2.5-VL trains with svlm.train", field="start")
+    c, opt = model.config, make_optimizer(tc)
+    freeze(model, vision=freeze_vision)
+    opt.init(model.trainable_parameters()); mx.random.seed(tc.seed)
+    records, source = resolve_data(cfg, data, out)
+    ds = build_samples(records, tok, c.vision_tokens, tc.window_s, tc.stride_s, cfg.cache.previous_sink_tokens, cfg.cache.previous_window_tokens,
+                       c.temporal_patch_size, tc.missing_video, cfg.tokenizer.system, source, tc.time_offset_s, tc.seed)
+    frames = FrameCache(ds.records, (c.frame_height, c.frame_width), c.temporal_patch_size)
+    orders = {"qa": BatchOrder(len(qa), tc.batch_size, tc.seed), "commentary": BatchOrder(len(ds), tc.batch_size, tc.seed)}
+    step = make_step(model, opt, tc.grad_clip, 1, False, loss=partial(masked_loss, decision_weight=tc.decision_weight))
+    pad, rng = tok.token_id("<|endoftext|>"), np.random.default_rng([tc.seed, 16])
+    losses, kinds, tokens, stopped, t0 = [], [], 0, "steps", time.perf_counter()
+    for k in range(1, tc.steps + 1):
+        kind = "qa" if rng.random() < qa_share else "commentary"
+        if kind == "qa":
+            bs = [qa[i] for i in orders["qa"].next()]
+            b, vision = collate(bs, pad_id=pad), mx.array(np.concatenate([s.vision for s in bs]))
+        else:
+            b = collate([ds.samples[i] for i in orders["commentary"].next()], frames.frames, pad)
+            vision = mx.array(b.frames)
+        loss, n, _, _ = step(mx.array(b.input_ids), mx.array(b.labels), vision, None, True)
+        mx.eval(model.state, opt.state, loss)
+        if not math.isfinite(loss.item()): raise InputError(f"loss is {loss.item()} at step {k}: lower train.lr", field="train.lr")
+        losses.append(loss.item()); kinds.append(kind); tokens += b.n_tokens
+        if max_seconds is not None and time.perf_counter() - t0 >= max_seconds: stopped = "time"; break
+    seconds = time.perf_counter() - t0
+    state = dict(data={n: o.state for n, o in orders.items()}, config=config_dict(replace(cfg, train=tc)), n_qa=len(qa), n_windows=len(ds),
+                 qa_share=qa_share, freeze_vision=freeze_vision, start=str(start) if not isinstance(start, tuple) else "model")
+    ck = save_checkpoint(out, len(losses), model, tok, opt, state)
+    res = TrainResult(out, len(losses), 0, losses, ck, seconds, tokens, stopped, len(qa) + len(ds), ds.skipped, model, tok)
+    res.kinds = kinds
+    return res

@@ -491,3 +491,94 @@ def test_ovo_with_the_engine_offline_live_and_pre_cut(tmp_path):
     (cut/f"{bench.rows[0]['id']}.mp4").unlink()
     bad = run_ovo(path, None, None, tmp_path/"r3", fn, chunked_dir=cut, skip_invalid=True, **fn.run_kw)
     assert [x["id"] for x in bad["invalid"]] == [bench.rows[0]["id"]] and "pre-cut clip not found" in bad["invalid"][0]["error"]
+
+
+# --- training on questions and commentary (qa_layout, qa_samples, train_qa) ---
+from svlm.core import TrainConfig
+from svlm.synth import TEAMS
+from svlm.video import FileSource
+from svlm.train import load as load_run
+from svlm.memory import (qa_layout, qa_samples, qa_answer, train_qa, QASample, stream_items, ask_moment, MC_TASKS)
+
+QCFG = Config(synth=SynthConfig(n_clips=1, duration=12.0, width=84, height=56, captions=True),
+              cache=CacheConfig(vision_rounds=2, previous_sink_tokens=8, previous_window_tokens=16),
+              memory=MemoryConfig(topk=2, key_frame_buffer_size=3, key_frame_match_ratio=0.999),
+              train=TrainConfig(window_s=3.0, stride_s=3.0, batch_size=2, lr=3e-3, warmup=2, lr_min=3e-4, compile=False))
+
+
+def _layout_of(eng, q, topk):
+    kfs = eng.routed(q, topk)
+    return qa_layout(eng.tok, eng.cfg, eng.previous_text(), [(k.t0, k.t1, len(k.tokens)) for k in kfs],
+                     [(r.t0, r.t1, r.feats.shape[0], r.reply, r.query) for r in [eng.seen[i] for i in sorted(eng.seen)]], eng.t, q)
+
+
+@pytest.mark.parametrize("topk", [0, 1, 2])
+def test_qa_layout_is_the_engines_context(topk):
+    toy, tok = toy_model()
+    eng = MemoryEngine(toy, tok, ECFG)                                # commentating: previous text and spoken replies in the window
+    eng.run(scene_stream(24))
+    assert eng.previous_text() and any(r.reply != eng.sil for r in eng.seen.values())
+    cache, ids, kfs, window = eng.context("Which team scored first?", topk)
+    assert _layout_of(eng, "Which team scored first?", topk) == cache.kept_ids() + ids
+    assert len(kfs) == min(topk, len(eng.memory))
+
+
+@pytest.fixture(scope="module")
+def qa_clip(tmp_path_factory):
+    d = tmp_path_factory.mktemp("qa")
+    toy, tok = toy_model()
+    return d, toy, tok, qa_samples(toy, tok, QCFG, d, n_clips=1, topk=2, n_orders=2)
+
+
+def test_qa_sample_labels_are_exactly_the_answer(qa_clip):
+    d, toy, tok, qa = qa_clip
+    E, VP = tok.token_id("<|im_end|>"), tok.token_id("<|video_pad|>")
+    rows = {r["id"]: r for r in synth_ovo_rows(SPLIT_SEED["train"], "videos/train_000.mp4", QCFG.synth)}
+    assert {s.task for s in qa} == {r["task"] for r in rows.values()}
+    for s in qa:
+        lab = np.flatnonzero(s.labels != -100)
+        assert lab.tolist() == list(range(len(s) - len(lab), len(s)))           # a suffix: the answer, then <|im_end|>
+        assert (s.labels[lab] == s.input_ids[lab]).all() and s.input_ids[-1] == E
+        answer = tok.decode(s.input_ids[lab][:-1].tolist())
+        assert tok.encode(answer) + [E] == s.input_ids[lab].tolist()
+        assert int((s.input_ids == VP).sum()) == len(s.vision)
+        row = rows[s.id.rsplit("_", 1)[0] if s.task in ("REC", "CRR") else s.id]
+        prompt = tok.decode(s.input_ids[:lab[0]].tolist())
+        if s.task in MC_TASKS:                                           # the letter names the true option in this ordering
+            assert f"{answer}. {row['options'][row['gt']]};" in prompt
+        elif s.task == "REC": assert answer == str(row["test_info"][int(s.id.rsplit("_", 1)[1])]["count"])
+        else: assert answer == ("Yes" if row["test_info"][int(s.id.rsplit("_", 1)[1])]["type"] else "No")
+    mc = [s for s in qa if s.task in ("EPM", "HLD")]
+    assert len(mc) == 2                                                  # both orderings of the two teams
+
+
+def test_qa_samples_are_the_context_asked_at_their_moment(qa_clip):
+    d, toy, tok, qa = qa_clip
+    eng = MemoryEngine(toy, tok, QCFG, policy=SilentPolicy())
+    v, s0 = QCFG.video, qa[0]
+    src = FileSource(d/"videos/train_000.mp4", fps=v.fps, size=eng.size, cfg=v)
+    lab = np.flatnonzero(s0.labels != -100)
+    question = tok.decode(s0.input_ids.tolist()).split(f"Time={s0.t:.1f}s ", 1)[1].split("<|im_end|>")[0]
+    for _ in stream_items(eng, src, [(s0.t,)]): pass
+    cache, ids, kfs, window = eng.context(question, 2)
+    assert s0.input_ids[:lab[0]].tolist() == cache.kept_ids() + ids
+    feats = np.concatenate([k.tokens for k in kfs] + [np.array(r.feats) for r in window])
+    np.testing.assert_allclose(s0.vision, feats, atol=1e-6)
+
+
+def test_qa_samples_refuse_held_out_seeds(tmp_path):
+    toy, tok = toy_model()
+    with pytest.raises(InputError, match="training split"): qa_samples(toy, tok, QCFG, tmp_path, n_clips=2, first=SPLIT_SEED["heldout"] - 1)
+    with pytest.raises(InputError, match="no question samples"): train_qa(QCFG, [], (toy, tok), tmp_path/"run")
+
+
+def test_train_qa_loss_falls(qa_clip, tmp_path):
+    d, toy, tok, qa = qa_clip
+    toy2, _ = toy_model(1)
+    res = train_qa(QCFG, qa, (toy2, tok), tmp_path/"run", steps=40)
+    assert len(res.losses) == len(res.kinds) == 40 and set(res.kinds) == {"qa", "commentary"}
+    for kind in ("qa", "commentary"):
+        ls = [l for l, k in zip(res.losses, res.kinds) if k == kind]
+        assert np.mean(ls[len(ls) // 2:]) < np.mean(ls[:len(ls) // 2]), kind
+    model, tok2, cfg = load_run(tmp_path/"run")
+    assert cfg.memory.key_frame_buffer_size == 3 and cfg.train.steps == 40
