@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['cmd_info', 'cmd_convert', 'cmd_train', 'cmd_infer', 'cmd_demo', 'cmd_bench', 'cmd_convert_model', 'cmd_fuse',
-           'cmd_generate', 'cmd_train_indexer', 'cmd_ovo', 'parser', 'main']
+           'cmd_generate', 'cmd_train_indexer', 'cmd_ovo', 'cmd_demo_coach', 'parser', 'main']
 
 # %% ../nbs/19_cli.ipynb #c65c1c36
 import svlm
@@ -206,6 +206,43 @@ def _ovo_parser(sub):
     o.set_defaults(fn=cmd_ovo)
     return o
 
+# %% ../nbs/19_cli.ipynb #82fa3e68
+def cmd_demo_coach(args):
+    "The coach demo: synthetic workouts scored against the rules, or live frames from a camera"
+    from svlm.coach import coach_config, coach_for_demo, coach_demo_folder, coach_webcam, probe_camera, run_coach_demo
+    cfg = coach_config(args.checkpoint, args.config, args.overrides)
+    cap = 60.0 if args.max_seconds is None else args.max_seconds
+    if args.webcam is None:
+        s = run_coach_demo(args.out or "svlm-coach-demo", cfg, args.checkpoint, n_heldout=args.heldout, max_seconds=cap)
+        print(json.dumps(s, default=str))
+        return 0
+    probe_camera(args.webcam)                                     # before anything is trained or loaded: no camera is one line, exit 2
+    out = coach_demo_folder(args.out or "svlm-coach-demo", args.checkpoint)
+    model, tok, _ = coach_for_demo(out, cfg, args.checkpoint, cap)
+    print(f"coaching camera {args.webcam} ({cfg.video.chunk_s:g} s chunks every {cfg.video.chunk_s - cfg.video.overlap_s:g} s); q or Ctrl-C stops", flush=True)
+    s = coach_webcam(model, tok, cfg, args.webcam, out=out, seconds=args.seconds)
+    if s.get("saved"): print(f"saved {s['saved']} with {out/'webcam.vtt'}: in a notebook, svlm.playback.StreamPlayer('{s['saved']}', '{out/'webcam.vtt'}')")
+    print(json.dumps(s, default=str))
+    return 0
+
+def _demo(args):
+    "`svlm demo` or, when the first positional word is `coach`, `svlm demo coach`"
+    if args.overrides[:1] == ["coach"]:
+        args.overrides = args.overrides[1:]
+        return cmd_demo_coach(args)
+    for opt in ("webcam", "checkpoint", "seconds"):
+        if getattr(args, opt) is not None: raise InputError(f"--{opt} belongs to `svlm demo coach`", field=opt)
+    return cmd_demo(args)
+
+def _coach_demo_options(d):
+    "Give the `demo` parser `d` the coach's options and route `svlm demo coach` (svlm.coach)"
+    d.usage = "svlm demo [coach] [--out OUT] [--heldout N] [--max-seconds S] [--checkpoint RUN] [--webcam [DEVICE]] [--seconds S] [section.key=value ...]"
+    d.add_argument("--checkpoint", help="`demo coach`: a coach folder to load (OUT/coach of an earlier demo) instead of training one")
+    d.add_argument("--webcam", nargs="?", const="0", metavar="DEVICE", help="`demo coach`: coach live frames from camera DEVICE (default 0; needs opencv-python-headless)")
+    d.add_argument("--seconds", type=float, help="`demo coach --webcam`: stop after this many seconds")
+    d.set_defaults(fn=_demo)
+    return d
+
 # %% ../nbs/19_cli.ipynb #29c008dc
 def parser() -> argparse.ArgumentParser:
     "The `svlm` argument parser"
@@ -249,6 +286,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--heldout", type=int, default=4, help="held-out clips to stream and score")
     d.add_argument("--max-seconds", type=float, help="cap the training time")
     d.set_defaults(fn=cmd_demo)
+    _coach_demo_options(d)
     b = sub.add_parser("bench", help="benchmarks (ratios against peers where they exist)")
     b.add_argument("what", choices=["video", "model", "cache", "generate", "train", "stream", "match", "vl", "stream-vl"], help="what to measure")
     _add_common(b)

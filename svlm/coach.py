@@ -5,15 +5,18 @@
 # %% auto #0
 __all__ = ['EXERCISES', 'EXERCISE_NAMES', 'ERRORS', 'CORRECTIONS', 'PRAISE', 'SPLIT_SEED', 'SHIRTS', 'WALLS', 'X0', 'THIGH',
            'SHIN', 'TORSO', 'NECK', 'HEAD_R', 'UPPER_ARM', 'FOREARM', 'SKIN', 'PANTS', 'PANTS_FAR', 'FLOOR',
-           'KNEE_NEAR', 'KNEE_FAR', 'GROUND', 'WorkoutConfig', 'Rep', 'Feedback', 'Look', 'feedback_words', 'Workout',
-           'script_workout', 'pose', 'gym_background', 'draw_figure', 'pose_at', 'workout_frame', 'workout_frames',
-           'plot_form', 'plot_rep', 'workout_query', 'workout_annotation', 'WorkoutInfo', 'make_workout',
-           'make_workouts', 'chunk_spans', 'workout_chunks', 'assign_feedback', 'split_action', 'utterances',
-           'coach_record', 'coach_records', 'plot_record_chunks', 'rule_feedback', 'error_of', 'score_feedback',
-           'pool_scores', 'scores_table', 'plot_feedback_timeline', 'CoachContext', 'figure_top', 'RepCounter',
-           'CoachStreamConfig', 'CoachTrainConfig', 'CoachConfig', 'coach_tokenizer', 'action_turn_ids', 'reps_seen',
-           'context_windows', 'chunk_frame_counts', 'coach_sample', 'chunk_pairs', 'RecordFrames', 'action_loss',
-           'CoachRun', 'coach_samples', 'train_coach', 'save_coach', 'load_coach', 'Coach']
+           'KNEE_NEAR', 'KNEE_FAR', 'GROUND', 'RULE_GRIDS', 'COACH_MARK', 'WorkoutConfig', 'Rep', 'Feedback', 'Look',
+           'feedback_words', 'Workout', 'script_workout', 'pose', 'gym_background', 'draw_figure', 'pose_at',
+           'workout_frame', 'workout_frames', 'plot_form', 'plot_rep', 'workout_query', 'workout_annotation',
+           'WorkoutInfo', 'make_workout', 'make_workouts', 'chunk_spans', 'workout_chunks', 'assign_feedback',
+           'split_action', 'utterances', 'coach_record', 'coach_records', 'plot_record_chunks', 'rule_feedback',
+           'error_of', 'score_feedback', 'pool_scores', 'scores_table', 'plot_feedback_timeline', 'CoachContext',
+           'figure_top', 'RepCounter', 'CoachStreamConfig', 'CoachTrainConfig', 'CoachConfig', 'coach_tokenizer',
+           'action_turn_ids', 'reps_seen', 'context_windows', 'chunk_frame_counts', 'coach_sample', 'chunk_pairs',
+           'RecordFrames', 'action_loss', 'CoachRun', 'coach_samples', 'train_coach', 'save_coach', 'load_coach',
+           'Coach', 'record_chunks', 'make_rule', 'rule_scores', 'tune_rules', 'coach_threshold', 'feedback_lines',
+           'coach_demo_folder', 'coach_config', 'coach_for_demo', 'run_coach_demo', 'coach_overlay', 'camera_device',
+           'probe_camera', 'coach_webcam']
 
 # %% ../nbs/15_coach.ipynb #91a3bafd
 import svlm
@@ -764,3 +767,234 @@ def run(self, chunks) -> tuple[list, list]:
         ev, row = self.step(ch); rows.append(row)
         if ev is not None: evs.append(ev)
     return evs, rows
+
+# %% ../nbs/15_coach.ipynb #0af9cff6
+import json, os, shutil, sys
+from .stream import EveryPolicy, RandomPolicy, MotionPolicy, ThresholdPolicy, ActionPolicy
+from .video import WebcamSource, iter_chunks
+from .core import write_jsonl
+from .events import write_events, write_vtt
+
+# %% ../nbs/15_coach.ipynb #ca101a1d
+RULE_GRIDS = {"every": (2, 3, 4, 5, 6, 8), "random": (0.1, 0.2, 0.3, 0.4, 0.5, 0.7), "motion": (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)}   # motion: quantiles
+
+def record_chunks(rec:StreamingRecord, size:tuple[int, int], chunk_s:float=2.0, overlap_s:float=0.5) -> list[FrameChunk]:
+    "The overlapping chunks of `rec`'s video read at `rec.fps` and `size` (height, width)"
+    t, f = read_frames(rec.video_path, rec.start, rec.end, fps=rec.fps, size=size)
+    return workout_chunks(t, f, chunk_s, overlap_s, end=rec.end)
+
+def make_rule(name:str, value, k:int=0) -> Policy:
+    "The rule `name` (every, random, motion) at setting `value`, for workout `k` (the random rule's seed)"
+    if name == "every": return EveryPolicy(int(value))
+    if name == "random": return RandomPolicy(float(value), seed=k)
+    if name == "motion": return MotionPolicy(float(value))
+    raise InputError(f"unknown rule {name!r}; choose one of {', '.join(RULE_GRIDS)}", field="rule")
+
+def rule_scores(name:str, value, recs, chunks, text:str="Go lower") -> dict:
+    "Pooled scores of rule `name` at `value` over records `recs` and their chunks"
+    return pool_scores([score_feedback(rule_feedback(make_rule(name, value, k), cs, text), r.events, r.end) for k, (r, cs) in enumerate(zip(recs, chunks))])
+
+def tune_rules(recs, chunks, text:str="Go lower") -> dict:
+    "Each rule's setting with the best pooled F on `recs` (the training split)"
+    motions = [MotionPolicy().motion(c.frames) for cs in chunks for c in cs]
+    grids = dict(RULE_GRIDS, motion=[round(float(np.quantile(motions, q)), 2) for q in RULE_GRIDS["motion"]])
+    return {n: max(vals, key=lambda v: rule_scores(n, v, recs, chunks, text)["f1"]) for n, vals in grids.items()}
+
+# %% ../nbs/15_coach.ipynb #e6f19bcd
+def coach_threshold(model, tok:Tokenizer, cfg:CoachConfig, recs, chunks) -> float:
+    "The P(speak) threshold at which the coach speaks on the training chunks as often as their annotations do"
+    rate = float(np.mean([bool(c.text) for r in recs for c in r.chunks]))
+    p = [1 - row["p_next"] for cs in chunks for row in Coach(model, tok, cfg, ActionPolicy()).run(cs)[1]]
+    return float(np.quantile(p, 1 - rate))
+
+def feedback_lines(rec:StreamingRecord, events, width:int=30, indent:str="   ") -> str:
+    "The annotated feedback (at the moment it is due) and the coach's (at its chunk's end) side by side, in time order"
+    rows = sorted([(e["t"], 0, f"<{e['action']}> {e['text']}") for e in rec.events] + [(e.end, 1, f"<{e.action}> {e.text}") for e in events])
+    out = [f"{indent}{'time':>6}  {'annotated':<{width}}  coach"]
+    out += [f"{indent}{t:5.1f}s  {(s if c == 0 else ''):<{width}}  {s if c == 1 else ''}".rstrip() for t, c, s in rows]
+    return "\n".join(out)
+
+# %% ../nbs/15_coach.ipynb #eeb86777
+COACH_MARK = "svlm-coach-demo.json"   # a folder holding it is a coach demo's own: the next demo may empty it
+
+def _write_json(path, obj) -> Path:
+    with atomic_write(path) as f: json.dump(obj, f, indent=1, default=str)
+    return Path(path)
+
+def coach_demo_folder(out, checkpoint=None) -> Path:
+    "`out`, empty or emptied of an earlier coach demo's files; any other non-empty folder (or one holding `checkpoint`) is an `InputError`"
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise InputError("is a file, not a folder", out)
+    if checkpoint is not None and Path(checkpoint).resolve().is_relative_to(out.resolve()):
+        raise InputError("the checkpoint lies inside --out, which the demo empties: pass another --out", checkpoint)
+    if out.exists() and any(out.iterdir()):
+        if not (out/COACH_MARK).is_file(): raise InputError(f"exists and is not an svlm coach demo folder (no {COACH_MARK}); pass another --out", out)
+        for sub in ("data", "coach"): shutil.rmtree(out/sub, ignore_errors=True)
+        for f in [*out.glob("heldout_*"), *out.glob("webcam*"), out/"scores.json"]: f.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out/COACH_MARK, dict(status="running"))
+    return out
+
+def coach_config(checkpoint=None, config=None, overrides=()) -> CoachConfig:
+    "The demo's `CoachConfig`: `config` (a YAML file), else the checkpoint's `coach.yaml`, else the defaults; then `overrides`"
+    if config is None and checkpoint is not None:
+        config = Path(checkpoint)/"coach.yaml"
+        if not Path(checkpoint).is_dir(): raise InputError("checkpoint folder not found", checkpoint)
+        if not config.is_file(): raise InputError("not a coach checkpoint (no coach.yaml): svlm demo coach writes one under OUT/coach", checkpoint)
+    return load_config(config, list(overrides), cls=CoachConfig)
+
+def coach_for_demo(out, cfg:CoachConfig, checkpoint=None, max_seconds:float|None=60.0, log=print) -> tuple:
+    "(model, tokenizer, seconds trained): loaded from `checkpoint`, or trained on `cfg.workout.n_workouts` new workouts for at most `max_seconds`"
+    if checkpoint is not None:
+        model, tok, _ = load_coach(checkpoint)
+        log(f"   loaded the coach from {checkpoint}")
+        return model, tok, 0.0
+    recs = coach_records(make_workouts(Path(out)/"data", "train", cfg=cfg.workout), chunk_s=cfg.video.chunk_s, overlap_s=cfg.video.overlap_s, fps=cfg.video.fps)
+    run = train_coach(recs, cfg, max_seconds=max_seconds)
+    save_coach(run, Path(out)/"coach")
+    tail = float(np.mean(run.losses[-20:]))
+    log(f"   trained {cfg.train.model.split(':')[0]} for {len(run.losses)} steps in {run.seconds:.0f}s on {len(recs)} workouts "
+        f"({run.n_samples} contexts): loss {run.losses[0]:.2f} -> {tail:.3f}; saved {Path(out)/'coach'}")
+    return run.model, run.tokenizer, run.seconds
+
+# %% ../nbs/15_coach.ipynb #5c33ed8c
+def run_coach_demo(out,                            # folder for the workouts, the coach and the outputs
+                   cfg:CoachConfig|None=None,      # the recipe and the streaming settings (default: `CoachConfig()`)
+                   checkpoint=None,                # a coach folder `save_coach` wrote (default: train one briefly)
+                   n_heldout:int=4,                # held-out workouts to stream and score
+                   max_seconds:float|None=60.0,    # cap on the training time
+                   verbose:bool=True,              # print each step, the feedback beside the annotated, the scores
+                  ) -> dict:
+    "Write workouts, train (or load) a coach, stream held-out workouts; print and return the scores of the coach and of the three rules"
+    cfg = cfg or CoachConfig(); log = print if verbose else (lambda *a, **k: None)
+    if n_heldout < 1: raise InputError(f"--heldout must be at least 1, got {n_heldout}", field="heldout")
+    out = coach_demo_folder(out, checkpoint)
+    v, wc = cfg.video, cfg.workout
+    log(f"1. the coach ({'loaded' if checkpoint else f'trained for at most {max_seconds:g} s' if max_seconds else 'trained'})")
+    model, tok, train_s = coach_for_demo(out, cfg, checkpoint, max_seconds, log)
+    size = (model.config.frame_height, model.config.frame_width)
+    recs = lambda split, n: coach_records(make_workouts(out/"data", split, n, wc), chunk_s=v.chunk_s, overlap_s=v.overlap_s, fps=v.fps)
+    train_recs = coach_records(out/"data"/"coach_train_with_seeks.jsonl", chunk_s=v.chunk_s, overlap_s=v.overlap_s, fps=v.fps) if not checkpoint else recs("train", wc.n_workouts)
+    held_recs = recs("heldout", n_heldout)
+    train_chunks, held_chunks = [record_chunks(r, size, v.chunk_s, v.overlap_s) for r in train_recs], [record_chunks(r, size, v.chunk_s, v.overlap_s) for r in held_recs]
+    said = [e["text"] for r in train_recs for e in r.events if e["action"] == "feedback"]
+    line = max(sorted(set(said)), key=said.count) if said else CORRECTIONS["shallow"]
+    thr = coach_threshold(model, tok, cfg, train_recs, train_chunks)
+    coaches = {f"coach: {cfg.stream.policy}": None, f"coach: threshold {thr:.3f}": ThresholdPolicy(thr)}
+    results, rows_all = {}, []
+    for name, pol in coaches.items():
+        runs = [Coach(model, tok, cfg, policy=pol).run(cs) for cs in held_chunks]
+        results[name] = pool_scores([score_feedback(ev, r.events, r.end) for (ev, _), r in zip(runs, held_recs)])
+        if pol is None:
+            rows_all = [row for _, rows in runs for row in rows]
+            for i, ((ev, rows), r) in enumerate(zip(runs, held_recs)):
+                stem = out/f"heldout_{i}"
+                write_events(stem.with_suffix(".jsonl"), ev); write_vtt(stem.with_suffix(".vtt"), ev); write_jsonl(f"{stem}_metrics.jsonl", rows)
+                log(f"2. held-out workout {i} ({EXERCISE_NAMES[r.meta['exercise']]}, {r.end - r.start:g} s), never seen in training: the annotated feedback and the coach's ({name})")
+                log(feedback_lines(r, ev))
+    tuned = tune_rules(train_recs, train_chunks, line)
+    rules = {f"{n} ({val})": rule_scores(n, val, held_recs, held_chunks, line) for n, val in tuned.items()}
+    table = {**rules, **results}
+    log(f"3. on {n_heldout} held-out workout{'s' if n_heldout != 1 else ''}: corrections within ±1 s of an annotated one (QEVD-style); "
+        f"rules tuned on the {len(train_recs)} training workouts, saying {line!r}")
+    log(scores_table(table))
+    frames = sum(len(c) for cs in held_chunks for c in cs)
+    fps = frames / max(sum(r["latency_ms"] for r in rows_all)/1000, 1e-9)
+    lat = float(np.median([r["latency_ms"] for r in rows_all]))
+    best_rule = max(rules, key=lambda k: rules[k]["f1"])
+    margin = max(s["f1"] for s in results.values()) - rules[best_rule]["f1"]
+    log(f"   best rule: {best_rule}, F {rules[best_rule]['f1']:.2f}; the coach's best F is {margin:+.2f} from it (the issue's bar: +0.20)")
+    log(f"   {fps:.0f} frames/s processed by the coach ({frames} frames at {size[1]}x{size[0]}), {lat:.1f} ms per chunk (median)")
+    _write_json(out/"scores.json", dict(scores=table, tuned_rules=tuned, threshold=thr, rule_line=line))
+    summary = dict(out=str(out), checkpoint=str(checkpoint or out/"coach"), train_seconds=round(train_s, 1), heldout=n_heldout,
+                   coach_f1={k: s["f1"] for k, s in results.items()}, rule_f1={k: s["f1"] for k, s in rules.items()},
+                   best_rule=best_rule, margin=margin, frames_per_second=fps, latency_ms_p50=lat)
+    _write_json(out/COACH_MARK, dict(summary, status="done"))
+    log(f"4. wrote, under {out}: data/ (workouts and annotations), coach/ (the model: --checkpoint {out/'coach'}), "
+        f"heldout_*.jsonl/.vtt/_metrics.jsonl, scores.json, {COACH_MARK}")
+    return summary
+
+# %% ../nbs/15_coach.ipynb #9fcb5741
+def coach_overlay(frame:np.ndarray, event:Event|None=None, reps:int=0, scale:int=3) -> np.ndarray:
+    "`frame` enlarged `scale` times, the repetition count at the top left and `event`'s words in a bar at the bottom (red: a correction, green: praise)"
+    from PIL import Image, ImageDraw, ImageFont
+    H, W = frame.shape[:2]
+    im = Image.fromarray(np.ascontiguousarray(frame)).resize((W*scale, H*scale), Image.NEAREST)
+    d = ImageDraw.Draw(im)
+    try: font = ImageFont.load_default(size=5*scale)
+    except TypeError: font = ImageFont.load_default()                  # Pillow < 10.1 has one size
+    d.rectangle((0, 0, 26*scale, 8*scale), fill=(0, 0, 0)); d.text((2*scale, scale), f"{reps} reps", fill=(255, 255, 255), font=font)
+    if event is not None:
+        d.rectangle((0, (H - 10)*scale, W*scale, H*scale), fill=(200, 40, 40) if event.action == "feedback" else (30, 150, 60))
+        d.text((3*scale, (H - 8)*scale), event.text or f"<{event.action}>", fill=(255, 255, 255), font=font)
+    return np.asarray(im)
+
+# %% ../nbs/15_coach.ipynb #864c54d2
+def _cv2():
+    "OpenCV (its own warnings quieted: a missing camera is reported once, by svlm), or an `InputError` with the fix"
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    try: import cv2
+    except ImportError: raise InputError("the webcam demo needs OpenCV, which is not installed (pip install opencv-python-headless)", field="webcam") from None
+    return cv2
+
+def camera_device(device) -> int|str:
+    "A camera index from '0', '1', ...; anything else (a device path, a stream URL) as it is"
+    s = str(device).strip()
+    return int(s) if s.isdigit() else s
+
+def probe_camera(device=0):
+    "Open camera `device` and close it again; an `InputError` (one line) when OpenCV is missing or no camera opens"
+    cv2, device = _cv2(), camera_device(device)
+    cap = cv2.VideoCapture(device)
+    try:
+        if not cap.isOpened():
+            raise InputError("no camera opens there (check the device index or path, and that no other program holds the camera)", f"camera {device}")
+    finally: cap.release()
+
+# %% ../nbs/15_coach.ipynb #3a10a9de
+def _has_display() -> bool: return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
+
+def coach_webcam(model, tok:Tokenizer, cfg:CoachConfig,
+                 device=0,                       # camera index or path
+                 out=None,                       # folder for webcam.mp4 (the annotated frames), webcam.jsonl and webcam.vtt
+                 seconds:float|None=None,        # stop after this many seconds (None: until `q` or Ctrl-C)
+                 display:bool|None=None,         # a cv2 window (None: when there is a display)
+                 source=None,                    # frames `(t, frame)` at the model's size instead of the camera (tests, files)
+                 show_s:float=3.0,               # seconds a feedback stays drawn
+                 scale:int=3,                    # enlargement of the drawn frames
+                 log=print) -> dict:
+    "Coach live frames: chunks as they come, feedback drawn on the frames in a window and/or saved; returns a summary"
+    H, W = model.config.frame_height, model.config.frame_width
+    src = source if source is not None else WebcamSource(camera_device(device), fps=cfg.video.fps, size=(H, W), duration=seconds)
+    coach, shown, kept, evs, rows = Coach(model, tok, cfg), dict(ev=None, until=-math.inf, window=_has_display() if display is None else display), [], [], []
+    cv2 = _cv2() if shown["window"] else None
+    def tee():
+        for t, f in src:
+            img = coach_overlay(f, shown["ev"] if t < shown["until"] else None, coach.ctx.summary["reps"], scale)
+            if out is not None: kept.append(img)
+            if shown["window"]:
+                try:
+                    cv2.imshow("svlm coach", img[..., ::-1])
+                    if cv2.waitKey(1) & 0xFF == ord("q"): break
+                except cv2.error:                                        # a headless OpenCV build: no windows
+                    shown["window"] = False; log("svlm demo coach: note: this OpenCV cannot open windows; saving the frames instead")
+            yield t, f
+    try:
+        for ch in iter_chunks(tee(), cfg.video.chunk_s, cfg.video.overlap_s):
+            ev, row = coach.step(ch); rows.append(row)
+            if ev is not None:
+                evs.append(ev); shown.update(ev=ev, until=ch.end + show_s)
+                log(f"{ev.end:7.1f}s  <{ev.action}> {ev.text}  (rep {coach.ctx.summary['reps']}, {ev.latency_ms:.0f} ms)")
+    except KeyboardInterrupt: pass
+    finally:
+        if hasattr(src, "close"): src.close()
+        if cv2 is not None and shown["window"]: cv2.destroyAllWindows()
+    n = len(kept) if out is not None else None
+    s = dict(chunks=len(rows), events=len(evs), reps=coach.ctx.summary["reps"],
+             latency_ms_p50=float(np.median([r["latency_ms"] for r in rows])) if rows else None)
+    if out is not None:
+        out = Path(out); out.mkdir(parents=True, exist_ok=True)
+        write_events(out/"webcam.jsonl", evs); write_vtt(out/"webcam.vtt", evs)
+        if kept: write_mp4(out/"webcam.mp4", kept, max(1, round(cfg.video.fps)), kept[0].shape[1], kept[0].shape[0])
+        s.update(saved=str(out/"webcam.mp4") if kept else None, frames=n)
+    return s

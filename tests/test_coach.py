@@ -1,6 +1,6 @@
 "Synthetic workouts, overlapping chunks, rule baselines and their scores, the coach's context, its samples and its streaming loop (svlm.coach)."
 import svlm                                    # first: it loads OpenBLAS before MLX does
-import json, math
+import json, math, os, subprocess, sys
 from dataclasses import replace
 from pathlib import Path
 import numpy as np
@@ -231,3 +231,69 @@ def test_train_coach_runs_saves_and_loads(data, tmp_path):
     assert c2 == cfg and tok.action_ids == run.tokenizer.action_ids
     x = mx.array([[1, 2, 3, 4]])
     assert np.allclose(np.array(model(x)), np.array(run.model(x)), atol=1e-6)
+
+# --- svlm demo coach, and the webcam
+
+SVLM = Path(sys.executable).parent/"svlm"
+SMALL = ["workout.n_workouts=2", "workout.duration_s=10", "workout.fps=4", "train.model=tiny", "train.steps=3", "train.batch_size=2"]
+
+def _svlm(*args, env=None):
+    return subprocess.run([str(SVLM), *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
+
+def test_demo_coach_streams_heldout_workouts_and_scores_the_rules(tmp_path):
+    r = _svlm("demo", "coach", "--out", tmp_path/"demo", "--heldout", "2", *SMALL)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for rule in ("| every (", "| random (", "| motion (", "| coach: action |", "| coach: threshold "): assert rule in out
+    assert out.count("2. held-out workout ") == 2 and "annotated" in out and "frames/s processed" in out
+    s = json.loads(out.strip().splitlines()[-1])
+    assert s["heldout"] == 2 and len(s["rule_f1"]) == 3 and len(s["coach_f1"]) == 2 and s["frames_per_second"] > 0
+    d = tmp_path/"demo"
+    for f in ("heldout_0.jsonl", "heldout_0.vtt", "heldout_1_metrics.jsonl", "scores.json", COACH_MARK, "coach/coach.yaml"): assert (d/f).is_file(), f
+    assert len((d/"heldout_1_metrics.jsonl").read_text().splitlines()) == 7                  # one row per chunk of a 10 s workout
+    r2 = _svlm("demo", "coach", "--checkpoint", d/"coach", "--out", tmp_path/"again", "--heldout", "1", "workout.n_workouts=2")   # its own settings
+    assert r2.returncode == 0, r2.stderr
+    assert "loaded the coach" in r2.stdout and json.loads(r2.stdout.strip().splitlines()[-1])["checkpoint"] == str(d/"coach")
+
+@pytest.mark.parametrize("args,msg", [
+    (["demo", "coach", "--checkpoint", "/nonexistent/coach"], "checkpoint folder not found"),
+    (["demo", "coach", "--heldout", "0"], "--heldout must be at least 1"),
+    (["demo", "coach", "stream.context_timeout=3"], "did you mean"),
+    (["demo", "--webcam"], "belongs to `svlm demo coach`"),
+])
+def test_demo_coach_bad_input_is_one_line(tmp_path, args, msg):
+    r = _svlm(*args, "--out", tmp_path/"x")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr, r.stderr
+    assert not (tmp_path/"x").exists() or not any((tmp_path/"x"/"coach").glob("*"))
+
+def test_demo_coach_webcam_without_a_camera(tmp_path):
+    "This machine has no camera: OpenCV missing, or OpenCV present and no camera at the device, is one line and exit code 2, before any training"
+    import importlib.util
+    r = _svlm("demo", "coach", "--webcam", "--out", tmp_path/"cam")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    line = [l for l in r.stderr.splitlines() if "error" in l]
+    assert len(line) == 1 and ("needs OpenCV" in line[0] if importlib.util.find_spec("cv2") is None else "no camera opens" in line[0]), r.stderr
+    assert r.stderr.strip().splitlines()[-1] == line[0] and not (tmp_path/"cam"/"coach").exists()
+    stub = tmp_path/"stub"; stub.mkdir()                      # an OpenCV whose cameras never open, as on a machine without one
+    (stub/"cv2.py").write_text("class VideoCapture:\n    def __init__(self, i): pass\n    def isOpened(self): return False\n    def release(self): pass\n")
+    env = dict(os.environ, PYTHONPATH=f"{stub}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    r = _svlm("demo", "coach", "--webcam", "3", "--out", tmp_path/"cam2", env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "camera 3: no camera opens" in r.stderr, r.stderr
+    assert not (tmp_path/"cam2"/"coach").exists()             # nothing was trained
+
+def test_coach_webcam_draws_and_saves_the_feedback(data, tmp_path):
+    _, _, held = data
+    tok = coach_tokenizer()
+    model = build_model("tiny", tok, 0)
+    from svlm.video import read_frames
+    t, f = read_frames(held[0].video_path, fps=2.0, size=(56, 84))
+    cfg = CoachConfig()
+    cfg = replace(cfg, stream=replace(cfg.stream, policy="every", every=2))
+    s = coach_webcam(model, tok, cfg, out=tmp_path, source=zip(t, f), display=False, log=lambda *a: None)
+    assert (s["chunks"], s["events"], s["frames"]) == (7, 3, 20)
+    evs = [json.loads(l) for l in (tmp_path/"webcam.jsonl").read_text().splitlines()]
+    assert [e["end"] for e in evs] == [3.5, 6.5, 9.5]
+    assert read_frames(tmp_path/"webcam.mp4")[1].shape[1:] == (168, 252, 3)
+    red = coach_overlay(f[0], Event(0, 2, "Go lower", "feedback"), reps=1)
+    assert red.shape == (168, 252, 3) and tuple(red[-2, 3]) == (200, 40, 40) and tuple(coach_overlay(f[0], Event(0, 2, "x", "correct"))[-2, 3]) == (30, 150, 60)
+    assert (camera_device("0"), camera_device("rtsp://cam")) == (0, "rtsp://cam")
