@@ -5,8 +5,9 @@
 # %% auto #0
 __all__ = ['PRESETS', 'CLIP_MEAN', 'CLIP_STD', 'WEIGHTS_NAME', 'INDEX_NAME', 'ModelConfig', 'preset', 'KVCache', 'causal_mask',
            'Attention', 'swiglu', 'MLP', 'TransformerBlock', 'attention_mask', 'Qwen2Model', 'normalize_frames',
-           'patchify', 'VisionAttention', 'VisionBlock', 'PatchMerger', 'VideoEncoder', 'CausalLM', 'Model',
-           'save_model', 'read_safetensors', 'read_weights', 'hf_weight_map', 'from_hf', 'assign_weights', 'load_model']
+           'patchify', 'VisionAttention', 'VisionBlock', 'PatchMerger', 'chunk_context', 'VideoEncoder', 'CausalLM',
+           'Model', 'save_model', 'read_safetensors', 'read_weights', 'hf_weight_map', 'from_hf', 'assign_weights',
+           'load_model']
 
 # %% ../nbs/06_model.ipynb #87ea1001
 import svlm
@@ -14,6 +15,7 @@ import json, math
 from dataclasses import dataclass, fields, asdict, MISSING
 from functools import partial
 from pathlib import Path
+import numpy as np
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
@@ -43,6 +45,7 @@ class ModelConfig:
     vision_intermediate_size: int = 512   # hidden width of the video encoder's SwiGLU MLP
     vision_global: bool = False           # add to every vision token a projection of the chunk's max-pooled tokens (what happens anywhere in the frame)
     vision_motion: bool = False           # half the patch filters start as frame differences (what moved within the chunk); all stay trainable
+    vision_delta: bool = False            # each chunk also sees its last frame minus the previous chunk's last (what changed since): chunks come with that frame first
     patch_size: int = 14                  # patch side in pixels (Qwen2.5-VL: 14)
     temporal_patch_size: int = 2          # frames per chunk, folded into each patch (Qwen2.5-VL: 2)
     spatial_merge_size: int = 2           # s×s neighbouring patches become one decoder token (Qwen2.5-VL: 2)
@@ -310,17 +313,26 @@ class PatchMerger(nn.Module):
         x = self.ln_q(x).reshape(B, N // self.m2, -1)   # (B, N/m², m²·vh): neighbours side by side
         return self.fc2(nn.gelu(self.fc1(x)))           # (B, N/m², hidden_size)
 
+def chunk_context(chunks,        # (n, t, H, W, 3) frames of consecutive chunks (NumPy or MLX)
+                  prev=None,     # (H, W, 3) the last frame before them (None: the first chunk's own first frame)
+                 ):
+    "(n, t + 1, H, W, 3): each chunk preceded by the last frame of the chunk before it, what a `vision_delta` encoder takes"
+    xp = mx if isinstance(chunks, mx.array) else np
+    first = chunks[:1, :1] if prev is None else xp.array(prev)[None, None].astype(chunks.dtype)
+    return xp.concatenate([xp.concatenate([first, chunks[:-1, -1:]], axis=0), chunks], axis=1)
+
 class VideoEncoder(nn.Module):
     "2-frame chunks (B, 2, H, W, 3) → decoder-width vision features (B, (H/28)·(W/28), hidden_size)"
     def __init__(self, c:ModelConfig):
         super().__init__()
         self.c = c
         n_patches = c.vision_tokens * c.spatial_merge_size ** 2
-        self.patch_embed = nn.Linear(c.temporal_patch_size * c.patch_size ** 2 * 3, c.vision_hidden_size, bias=False)  # = Conv3d(kernel=stride=(2,14,14))
+        slices = c.temporal_patch_size + c.vision_delta      # the chunk's frames, then (vision_delta) what changed since the previous chunk
+        self.patch_embed = nn.Linear(slices * c.patch_size ** 2 * 3, c.vision_hidden_size, bias=False)  # = Conv3d(kernel=stride=(2,14,14))
         if c.vision_motion and c.temporal_patch_size > 1:    # frame 1 minus frame 2 in the first half of the filters
             w, n = self.patch_embed.weight, c.patch_size ** 2 * 3
             half = w[:c.vision_hidden_size // 2, :n]
-            self.patch_embed.weight = mx.concatenate([mx.concatenate([half, -half, *([mx.zeros_like(half)] * (c.temporal_patch_size - 2))], 1),
+            self.patch_embed.weight = mx.concatenate([mx.concatenate([half, -half, *([mx.zeros_like(half)] * (slices - 2))], 1),
                                                       w[c.vision_hidden_size // 2:]], 0)
         self.pos_embed = 0.02 * mx.random.normal((n_patches, c.vision_hidden_size))
         self.blocks = [VisionBlock(c) for _ in range(c.vision_depth)]
@@ -328,10 +340,13 @@ class VideoEncoder(nn.Module):
         if c.vision_global: self.glob = nn.Linear(c.hidden_size, c.hidden_size)
 
     def __call__(self, frames):
-        c = self.c
-        want = (c.temporal_patch_size, c.frame_height, c.frame_width, 3)
+        c, t = self.c, self.c.temporal_patch_size
+        if c.vision_delta and frames.ndim == 5 and frames.shape[1] == t: frames = chunk_context(frames)   # no previous chunk given
+        want = (t + c.vision_delta, c.frame_height, c.frame_width, 3)
         if tuple(frames.shape[1:]) != want: raise InputError(f"expected frames (B, {', '.join(map(str, want))}), got {tuple(frames.shape)}", field="frames")
-        x = patchify(normalize_frames(frames).astype(self.patch_embed.weight.dtype), c.patch_size, c.spatial_merge_size)  # (B, N, 2·14·14·3)
+        x = normalize_frames(frames)
+        if c.vision_delta: x = mx.concatenate([x[:, 1:], x[:, -1:] - x[:, :1]], axis=1)   # the chunk, then its last frame minus the one before it
+        x = patchify(x.astype(self.patch_embed.weight.dtype), c.patch_size, c.spatial_merge_size)  # (B, N, 2·14·14·3)
         x = self.patch_embed(x) + self.pos_embed       # (B, N, vh)
         for blk in self.blocks: x = blk(x)
         x = self.merger(x)                             # (B, N/4, hidden_size)

@@ -20,7 +20,7 @@ from .core import InputError, Config, StreamConfig, with_overrides, read_json
 from .data import StreamingRecord
 from .video import FrameSource, FileSource, WebcamSource, ThreadedSource, iter_chunks, FrameChunk, SourceError
 from .tokenizer import Tokenizer, reply_text, parse_reply, ACTION_TOKENS
-from .model import Model
+from .model import Model, chunk_context
 from .cache import make_cache
 from .generate import stream_generate, load_vl
 from .qwen25vl import is_qwen25vl
@@ -196,7 +196,7 @@ class StreamEngine:
     def reset(self, previous:str=""):
         "Start a new stream: an empty cache whose previous-text block holds `previous`"
         self.cache = make_cache(self.model, self.tok, self.cfg.cache, previous=previous, system=self.cfg.tokenizer.system)
-        self.index, self.last_spoke = 0, -math.inf
+        self.index, self.last_spoke, self.last_frame = 0, -math.inf, None   # last_frame: what a `vision_delta` encoder compares the next chunk with
         self.key = mx.random.key(self.sampling.seed)       # one key per stream, split per chunk: the same seed replays the same stream
 
 # %% ../nbs/12_stream.ipynb #7ff2b524
@@ -208,8 +208,9 @@ def encode(self, frames:np.ndarray) -> tuple:
         return self.model.encode_chunk(frames, v.min_pixels, v.max_pixels)
     if frames.shape[1:3] != self.size: raise InputError(f"frames are {frames.shape[2]}x{frames.shape[1]} but the model takes {self.size[1]}x{self.size[0]}", field="frames")
     if len(frames) % 2: frames = np.concatenate([frames, frames[-1:]])
-    pairs = mx.array(frames.reshape(-1, 2, *frames.shape[1:]))
-    return self.model.encode_video(pairs).reshape(-1, self.model.config.hidden_size), None
+    pairs = frames.reshape(-1, 2, *frames.shape[1:])
+    if self.model.config.vision_delta: pairs, self.last_frame = chunk_context(pairs, self.last_frame), pairs[-1, -1]   # as training's FrameCache
+    return self.model.encode_video(mx.array(pairs)).reshape(-1, self.model.config.hidden_size), None
 
 # %% ../nbs/12_stream.ipynb #ddad2815
 class _Banned:
