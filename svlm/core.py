@@ -49,7 +49,7 @@ def _openblas_mapped() -> bool:
 OPENBLAS_PATH = load_fast_blas()
 
 # %% ../nbs/00_core.ipynb #23577a63
-import difflib, importlib.util, json, platform, shutil, tempfile, time, types, typing
+import difflib, importlib.util, json, platform, shutil, stat, tempfile, time, types, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
 from pathlib import Path
@@ -67,6 +67,12 @@ class InputError(ValueError):
         super().__init__(f"{where}: {what}{msg}" if where else f"{what}{msg}")
 
 # %% ../nbs/00_core.ipynb #2a577db9
+def _mode(path:Path) -> int:
+    "The permissions a plain `open(path, 'w')` would leave: the existing file's, else 0666 less the umask"
+    if path.exists(): return stat.S_IMODE(path.stat().st_mode)
+    m = os.umask(0); os.umask(m)
+    return 0o666 & ~m
+
 @contextmanager
 def atomic_write(path, mode:str="w", encoding:str|None="utf-8"):
     "Open a temporary file beside `path`; on success it atomically replaces `path`, on error it is removed"
@@ -77,6 +83,7 @@ def atomic_write(path, mode:str="w", encoding:str|None="utf-8"):
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
             f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, _mode(path))                                # mkstemp's 0600 would hide the file from everyone else
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
@@ -163,7 +170,8 @@ class TrainConfig:
     model: str = "toy"                # model preset (svlm.model.PRESETS), an svlm checkpoint folder, or a Qwen2.5-VL folder to start from
     window_s: float = 24.0            # seconds per training sample (StreamingVLM: 24)
     stride_s: float = 12.0            # seconds between sample starts (StreamingVLM: 12)
-    time_offset_s: float = 0.0        # show each window at a random later stream time, up to this many seconds (0: where it is), so long streams are in distribution
+    time_offset_s: float = 0.0        # show half the windows at a later stream time, log-uniform up to this many seconds (0: where they are), so long streams are in distribution
+    query: bool = False               # the record's query in the first chunk of windows that start a record, as a stream shows it (StreamingVLM: never)
     decision_weight: float = 1.0      # loss weight of each reply's first token, where the model decides to speak or stay silent (1: plain mean)
     batch_size: int = 4               # samples per step
     grad_accum: int = 1               # micro-batches per optimizer step
