@@ -1297,8 +1297,8 @@ def train_qa(cfg:Config,                 # the recipe: train (batch size, lr sch
     opt.init(model.trainable_parameters()); mx.random.seed(tc.seed)
     records, source = resolve_data(cfg, data, out)
     ds = build_samples(records, tok, c.vision_tokens, tc.window_s, tc.stride_s, cfg.cache.previous_sink_tokens, cfg.cache.previous_window_tokens,
-                       c.temporal_patch_size, tc.missing_video, cfg.tokenizer.system, source, tc.time_offset_s, tc.seed)
-    frames = FrameCache(ds.records, (c.frame_height, c.frame_width), c.temporal_patch_size)
+                       c.temporal_patch_size, tc.missing_video, cfg.tokenizer.system, source, tc.time_offset_s, tc.seed, tc.query)
+    frames = FrameCache(ds.records, (c.frame_height, c.frame_width), c.temporal_patch_size, previous_frame=c.vision_delta)
     orders = {"qa": BatchOrder(len(qa), tc.batch_size, tc.seed), "commentary": BatchOrder(len(ds), tc.batch_size, tc.seed)}
     step = make_step(model, opt, tc.grad_clip, 1, False, loss=partial(masked_loss, decision_weight=tc.decision_weight))
     pad, rng = tok.token_id("<|endoftext|>"), np.random.default_rng([tc.seed, 16])

@@ -30,7 +30,7 @@ from .core import (InputError, Config, TrainConfig, atomic_write, config_dict, T
 from .data import StreamingRecord, load_records, convert
 from .video import read_frames
 from .tokenizer import Tokenizer, load_tokenizer, render, train_bpe
-from .model import ModelConfig, Model, preset, save_model, load_model, read_safetensors
+from .model import ModelConfig, Model, preset, save_model, load_model, read_safetensors, chunk_context
 from .video import probe, smart_resize
 from .vision import video_inputs
 from .qwen25vl import Qwen25VL, is_qwen25vl, load_qwen25vl, save_qwen25vl, qwen25vl_config_dict, rope_index_np, _scatter
@@ -104,6 +104,11 @@ def _check_record(rec:StreamingRecord, frames_per_chunk:int):
         raise InputError(f"record {rec.id!r}: chunks of {_chunk_seconds(rec):g} s at {rec.fps:g} fps hold {got:g} frames, "
                          f"the video encoder takes {frames_per_chunk} per chunk", field="fps")
 
+def _offset(rng, time_offset:float, sec:float) -> float:
+    "A window's shift in the stream: none for half the windows, else log-uniform from one chunk to `time_offset`, whole chunks"
+    if time_offset < sec or rng.random() < 0.5: return 0.0
+    return sec * round(math.exp(rng.uniform(0, math.log(time_offset / sec))))
+
 def build_samples(records,                     # StreamingRecords
                   tok:Tokenizer,
                   n_vision:int,                # vision tokens per chunk (the model's `vision_tokens`)
@@ -115,8 +120,9 @@ def build_samples(records,                     # StreamingRecords
                   missing_video:str="fatal",   # "fatal" or "skip" for a record whose video file is missing
                   system:str|None=None,        # system prompt (None: the tokenizer module's default)
                   source:str="",
-                  time_offset:float=0.0,       # show each window up to this many seconds later in the stream (`Time=` only)
+                  time_offset:float=0.0,       # show half the windows up to this many seconds later in the stream (`Time=` only)
                   seed:int=0,                  # draws of the offsets
+                  query:bool=False,            # render the record's query in the first chunk of windows that start it, as a stream does
                  ) -> DataSet:
     "Every training window of `records`, rendered; records with missing videos stop the build or are skipped"
     if missing_video not in ("fatal", "skip"): raise InputError(f"missing_video must be 'fatal' or 'skip', got {missing_video!r}", field="train.missing_video")
@@ -131,8 +137,8 @@ def build_samples(records,                     # StreamingRecords
         k = len(kept); kept.append(rec)
         sec = _chunk_seconds(rec)
         for a, b in window_spans(len(rec.chunks), max(1, round(window / sec)), max(1, round(stride / sec))):
-            off = sec*int(rng.integers(0, int(time_offset/sec) + 1)) if time_offset > 0 else 0.0
-            r = render(window_record(rec, a, b), tok, n_vision, sink, text_window, time_offset=off, **kw)
+            off = _offset(rng, time_offset, sec)
+            r = render(window_record(rec, a, b), tok, n_vision, sink, text_window, query=query and a == 0, time_offset=off, **kw)
             samples.append(Sample(k, a, b, r.input_ids, r.labels))
     if skipped: warnings.warn(f"skipped {len(skipped)} record(s) whose video is missing: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
     if not samples:
@@ -143,8 +149,10 @@ def build_samples(records,                     # StreamingRecords
 # %% ../nbs/11_train.ipynb #d02f71ce
 class FrameCache:
     "The frames of each record, (n_chunks, frames_per_chunk, H, W, 3) uint8, decoded on demand and kept up to `max_mb`"
-    def __init__(self, records, size:tuple[int, int], frames_per_chunk:int=2, max_mb:float=2048):
+    def __init__(self, records, size:tuple[int, int], frames_per_chunk:int=2, max_mb:float=2048,
+                 previous_frame:bool=False):  # each chunk preceded by the previous chunk's last frame (a `vision_delta` encoder's input)
         self.records, self.size, self.fpc, self.max_bytes = records, tuple(size), frames_per_chunk, max_mb * 2**20
+        self.previous_frame = previous_frame
         self._cache, self.decoded, self.seconds = OrderedDict(), 0, 0.0
 
     def __call__(self, k:int) -> np.ndarray:
@@ -158,12 +166,13 @@ class FrameCache:
             raise InputError(f"record {rec.id!r}: the video gives {len(fr)} frames in [{rec.start:g}, {rec.end:g}) s at {rec.fps:g} fps, "
                              f"its {len(rec.chunks)} chunks need {need}", rec.video_path)
         fr = fr[:need].reshape(len(rec.chunks), self.fpc, *fr.shape[1:])
+        if self.previous_frame: fr = chunk_context(fr)
         self._cache[k] = fr
         while len(self._cache) > 1 and self.nbytes > self.max_bytes: self._cache.popitem(last=False)
         return fr
 
     def frames(self, s:Sample) -> np.ndarray:
-        "The frames of sample `s`: (n_chunks, frames_per_chunk, H, W, 3)"
+        "The frames of sample `s`: (n_chunks, frames_per_chunk (+ 1 with `previous_frame`), H, W, 3)"
         return self(s.record)[s.first:s.end]
 
     @property
@@ -767,13 +776,13 @@ def _setup(cfg:Config, data, resume_from, out:Path, verbose:bool, frame_cache_mb
     else: size, n_vision, fpc = (c.frame_height, c.frame_width), c.vision_tokens, c.temporal_patch_size
     if tc.grad_checkpoint: grad_checkpoint(model)
     ds = build_samples(records, tok, n_vision, tc.window_s, tc.stride_s, cfg.cache.previous_sink_tokens, cfg.cache.previous_window_tokens,
-                       fpc, tc.missing_video, cfg.tokenizer.system, source, tc.time_offset_s, tc.seed)
+                       fpc, tc.missing_video, cfg.tokenizer.system, source, tc.time_offset_s, tc.seed, tc.query)
     order = BatchOrder(len(ds), tc.batch_size, tc.seed)
     run_cfg = _run_config(cfg, source)
     if st is not None:
         _check_resume(ck, st, run_cfg, len(ds), tc)
         order.state = st["data"]
-    return Run(tok, model, opt, ds, order, FrameCache(ds.records, size, fpc, frame_cache_mb),
+    return Run(tok, model, opt, ds, order, FrameCache(ds.records, size, fpc, frame_cache_mb, getattr(c, "vision_delta", False)),
                run_cfg, n_train, st, ck, adapters)
 
 # %% ../nbs/11_train.ipynb #4c16c878

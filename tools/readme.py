@@ -21,7 +21,7 @@ def render(nb_path=ROOT/"nbs"/"index.ipynb") -> str:
         src = _src(c).strip()
         if not src or any(l.strip().replace(" ", "") in ("#|hide", "#|exporti") for l in src.splitlines()[:3]): continue
         if c["cell_type"] == "markdown":                  # the notebook links its siblings (`00_core.ipynb`); the README sits a folder up
-            parts.append(re.sub(r"\]\((\d\d_\w+\.ipynb)\)", r"](nbs/\1)", src))
+            parts.append(re.sub(r"\]\(((?:\d\d_)?\w+\.ipynb)\)", r"](nbs/\1)", src))
         elif c["cell_type"] == "code":
             code = "\n".join(l for l in src.splitlines() if not l.startswith("#|"))
             parts.append(f"```python\n{code}\n```")
