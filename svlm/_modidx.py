@@ -987,6 +987,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'svlm.train.checkpoint_config': ('train.html#checkpoint_config', 'svlm/train.py'),
                             'svlm.train.checkpoint_dir': ('train.html#checkpoint_dir', 'svlm/train.py'),
                             'svlm.train.collate': ('train.html#collate', 'svlm/train.py'),
+                            'svlm.train.commentary_data': ('train.html#commentary_data', 'svlm/train.py'),
                             'svlm.train.find_checkpoint': ('train.html#find_checkpoint', 'svlm/train.py'),
                             'svlm.train.freeze': ('train.html#freeze', 'svlm/train.py'),
                             'svlm.train.fuse': ('train.html#fuse', 'svlm/train.py'),

@@ -36,7 +36,7 @@ from .cache import make_cache
 from .generate import stream_generate
 from .stream import StreamEngine, Policy, Decision, silence_fork, _Banned
 from .synth import script_clip, make_clip, SPLIT_SEED, TEAMS
-from .train import (TrainResult, BatchOrder, FrameCache, build_samples, collate, masked_loss, make_optimizer, make_step, freeze,
+from .train import (TrainResult, BatchOrder, commentary_data, collate, masked_loss, make_optimizer, make_step, freeze,
                         save_checkpoint, resolve_data, load)
 
 # %% ../nbs/14_memory.ipynb #3f372617
@@ -1296,9 +1296,7 @@ def train_qa(cfg:Config,                 # the recipe: train (batch size, lr sch
     freeze(model, vision=freeze_vision)
     opt.init(model.trainable_parameters()); mx.random.seed(tc.seed)
     records, source = resolve_data(cfg, data, out)
-    ds = build_samples(records, tok, c.vision_tokens, tc.window_s, tc.stride_s, cfg.cache.previous_sink_tokens, cfg.cache.previous_window_tokens,
-                       c.temporal_patch_size, tc.missing_video, cfg.tokenizer.system, source, tc.time_offset_s, tc.seed, tc.query)
-    frames = FrameCache(ds.records, (c.frame_height, c.frame_width), c.temporal_patch_size, previous_frame=c.vision_delta)
+    ds, frames = commentary_data(replace(cfg, train=tc), records, source, tok, model)
     orders = {"qa": BatchOrder(len(qa), tc.batch_size, tc.seed), "commentary": BatchOrder(len(ds), tc.batch_size, tc.seed)}
     step = make_step(model, opt, tc.grad_clip, 1, False, loss=partial(masked_loss, decision_weight=tc.decision_weight))
     pad, rng = tok.token_id("<|endoftext|>"), np.random.default_rng([tc.seed, 16])

@@ -9,8 +9,8 @@ __all__ = ['LORA_KEYS', 'ADAPTERS', 'ADAPTER_CONFIG', 'CKPT_DIR', 'LAST', 'RESUM
            'quantize_base', 'save_adapters', 'load_adapted', 'fuse', 'make_step', 'load_any', 'save_any',
            'save_checkpoint', 'find_checkpoint', 'load_checkpoint', 'parse_model_spec', 'build_model', 'resolve_data',
            'vl_geometry', 'vl_vision', 'vl_loss', 'grad_checkpoint', 'memory_estimate', 'TrainingError', 'TrainResult',
-           'bpe_tokenizer', 'Run', 'train', 'launch', 'checkpoint_dir', 'checkpoint_config', 'load', 'plot_losses',
-           'teacher_forced_replies']
+           'bpe_tokenizer', 'Run', 'commentary_data', 'train', 'launch', 'checkpoint_dir', 'checkpoint_config', 'load',
+           'plot_losses', 'teacher_forced_replies']
 
 # %% ../nbs/11_train.ipynb #7af9bfa0
 import svlm
@@ -705,14 +705,13 @@ def _append_metrics(path:Path, row:dict):
     with open(path, "a", encoding="utf-8") as f: f.write(json.dumps(row) + "\n"); f.flush(); os.fsync(f.fileno())
 
 # %% ../nbs/11_train.ipynb #796ab670
-def bpe_tokenizer(cfg:Config, data, out:Path, group=None) -> Tokenizer:
-    "`tokenizer.name=bpe` or `bpe:N`: a byte-level BPE of N ids (default 512) learned from the training commentary, saved in the run folder"
+def bpe_tokenizer(cfg:Config, records, out:Path, group=None) -> Tokenizer:
+    "`tokenizer.name=bpe` or `bpe:N`: a byte-level BPE of N ids (default 512) learned from the commentary of `records`, saved in the run folder"
     name = cfg.tokenizer.name
     try: n = int(name.split(":", 1)[1]) if ":" in name else 512
     except ValueError: raise InputError(f"expected bpe or bpe:<vocab size>, got {name!r}", field="tokenizer.name") from None
     rank = 0 if group is None else group.rank()
     if rank: _barrier(group)                                 # the first process learns and writes it, the others read it
-    records, _ = resolve_data(cfg, data, out)
     tok = train_bpe([t for r in records for t in (r.previous, *(c.text for c in r.chunks))], out/"tokenizer", n) if not rank else None
     if not rank: _barrier(group)
     return tok or load_tokenizer(out/"tokenizer")
@@ -737,23 +736,36 @@ def _barrier(group):
     "Wait until every process of `group` gets here"
     if group is not None and group.size() > 1: mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group))
 
+def commentary_data(cfg:Config, records, source:str, tok:Tokenizer, model, frame_cache_mb:float=2048) -> tuple:
+    "(DataSet, FrameCache): the training windows of `records` for `model` as `cfg.train` and `cfg.cache` lay them out, and their frames"
+    tc, c = cfg.train, model.config
+    if isinstance(model, Qwen25VL): size, n_vision, fpc = *vl_geometry(model, records, cfg.video), c.vision.temporal_patch_size
+    else: size, n_vision, fpc = (c.frame_height, c.frame_width), c.vision_tokens, c.temporal_patch_size
+    ds = build_samples(records, tok, n_vision, tc.window_s, tc.stride_s, cfg.cache.previous_sink_tokens, cfg.cache.previous_window_tokens,
+                       fpc, tc.missing_video, cfg.tokenizer.system, source, tc.time_offset_s, tc.seed, tc.query)
+    return ds, FrameCache(ds.records, size, fpc, frame_cache_mb, getattr(c, "vision_delta", False))
+
 def _setup(cfg:Config, data, resume_from, out:Path, verbose:bool, frame_cache_mb:float=2048, group=None) -> Run:
     "Tokenizer, model, optimizer, data set, frames and batch order of a new or resumed run"
     tc = cfg.train
     ck = find_checkpoint(resume_from) if resume_from is not None else None
     start = Path(tc.model)
     opt = make_optimizer(tc)
+    if ck is None and out.exists() and (out/LAST).exists():
+        raise InputError(f"the run folder already holds checkpoints; resume it (resume_from / --resume-from {out}) or choose another train.out", out)
+    rank = 0 if group is None else group.rank()
+    if rank: _barrier(group)                                 # the first process writes synthetic data once, the others then read it
+    records, source = resolve_data(cfg, data, out)
+    if not rank: _barrier(group)
     if ck is not None: model, tok, st = load_checkpoint(ck, opt)
     else:
-        if out.exists() and (out/LAST).exists():
-            raise InputError(f"the run folder already holds checkpoints; resume it (resume_from / --resume-from {out}) or choose another train.out", out)
         st = None
         if (start/"config.json").is_file():
             model = load_any(start)
             name = "qwen" if isinstance(model, Qwen25VL) and cfg.tokenizer.name == "bytes" else cfg.tokenizer.name   # a Qwen model speaks Qwen ids
             tok = load_tokenizer(start) if any((start/f).is_file() for f in ("svlm_tokenizer.json", "tokenizer.json")) else load_tokenizer(name)
         else:
-            tok = bpe_tokenizer(cfg, data, out, group) if cfg.tokenizer.name.startswith("bpe") else load_tokenizer(cfg.tokenizer.name)
+            tok = bpe_tokenizer(cfg, records, out, group) if cfg.tokenizer.name.startswith("bpe") else load_tokenizer(cfg.tokenizer.name)
             model = build_model(tc.model, tok, tc.seed)
     _check_model(model, tok)
     adapters = None
@@ -767,23 +779,14 @@ def _setup(cfg:Config, data, resume_from, out:Path, verbose:bool, frame_cache_mb
     n_train = (sum(v.size for _, v in tree_flatten(model.trainable_parameters())) if adapters is not None
                else freeze(model, tc.freeze_vision, tc.freeze_decoder))
     if ck is None: opt.init(model.trainable_parameters()); mx.random.seed(tc.seed)
-    rank = 0 if group is None else group.rank()
-    if rank: _barrier(group)                                 # the first process writes synthetic data once, the others then read it
-    records, source = resolve_data(cfg, data, out)
-    if not rank: _barrier(group)
-    c = model.config
-    if isinstance(model, Qwen25VL): size, n_vision, fpc = *vl_geometry(model, records, cfg.video), c.vision.temporal_patch_size
-    else: size, n_vision, fpc = (c.frame_height, c.frame_width), c.vision_tokens, c.temporal_patch_size
     if tc.grad_checkpoint: grad_checkpoint(model)
-    ds = build_samples(records, tok, n_vision, tc.window_s, tc.stride_s, cfg.cache.previous_sink_tokens, cfg.cache.previous_window_tokens,
-                       fpc, tc.missing_video, cfg.tokenizer.system, source, tc.time_offset_s, tc.seed, tc.query)
+    ds, frames = commentary_data(cfg, records, source, tok, model, frame_cache_mb)
     order = BatchOrder(len(ds), tc.batch_size, tc.seed)
     run_cfg = _run_config(cfg, source)
     if st is not None:
         _check_resume(ck, st, run_cfg, len(ds), tc)
         order.state = st["data"]
-    return Run(tok, model, opt, ds, order, FrameCache(ds.records, size, fpc, frame_cache_mb, getattr(c, "vision_delta", False)),
-               run_cfg, n_train, st, ck, adapters)
+    return Run(tok, model, opt, ds, order, frames, run_cfg, n_train, st, ck, adapters)
 
 # %% ../nbs/11_train.ipynb #4c16c878
 def _micro_batches(s:Run, tc:TrainConfig, pad_id:int, n_chunks:int, rank:int=0, world:int=1):
