@@ -211,7 +211,7 @@ def cmd_demo_coach(args):
     "The coach demo: synthetic workouts scored against the rules, or live frames from a camera"
     from svlm.coach import coach_config, coach_for_demo, coach_demo_folder, coach_webcam, probe_camera, run_coach_demo
     cfg = coach_config(args.checkpoint, args.config, args.overrides)
-    cap = 60.0 if args.max_seconds is None else args.max_seconds
+    cap = args.max_seconds
     if args.webcam is None:
         s = run_coach_demo(args.out or "svlm-coach-demo", cfg, args.checkpoint, n_heldout=args.heldout, max_seconds=cap)
         print(json.dumps(s, default=str))

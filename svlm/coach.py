@@ -13,10 +13,10 @@ __all__ = ['EXERCISES', 'EXERCISE_NAMES', 'ERRORS', 'CORRECTIONS', 'PRAISE', 'SP
            'error_of', 'score_feedback', 'pool_scores', 'scores_table', 'plot_feedback_timeline', 'CoachContext',
            'figure_top', 'RepCounter', 'CoachStreamConfig', 'CoachTrainConfig', 'CoachConfig', 'coach_tokenizer',
            'action_turn_ids', 'reps_seen', 'context_windows', 'chunk_frame_counts', 'coach_sample', 'chunk_pairs',
-           'RecordFrames', 'action_loss', 'CoachRun', 'coach_samples', 'train_coach', 'save_coach', 'load_coach',
-           'Coach', 'record_chunks', 'make_rule', 'rule_scores', 'tune_rules', 'coach_threshold', 'feedback_lines',
-           'coach_demo_folder', 'coach_config', 'coach_for_demo', 'run_coach_demo', 'coach_overlay', 'camera_device',
-           'probe_camera', 'coach_webcam']
+           'RecordFrames', 'pair_actions', 'vision_action_loss', 'action_loss', 'CoachRun', 'coach_samples',
+           'train_coach', 'save_coach', 'load_coach', 'Coach', 'record_chunks', 'make_rule', 'rule_scores',
+           'tune_rules', 'coach_threshold', 'feedback_lines', 'coach_demo_folder', 'coach_config', 'coach_for_demo',
+           'run_coach_demo', 'coach_overlay', 'camera_device', 'probe_camera', 'coach_webcam']
 
 # %% ../nbs/15_coach.ipynb #91a3bafd
 import svlm
@@ -553,13 +553,15 @@ class CoachStreamConfig(StreamConfig):
 class CoachTrainConfig(TrainConfig):
     model: str = "toy:num_hidden_layers=2,num_attention_heads=2,num_key_value_heads=1,intermediate_size=256,vision_heads=2,vision_depth=0"
     batch_size: int = 4               # samples (contexts) per step
-    steps: int = 3000                 # optimizer steps
-    lr: float = 2e-3                  # peak learning rate
-    warmup: int = 20                  # linear warm-up steps
-    lr_min: float = 2e-4              # final learning rate
+    steps: int = 1000                 # optimizer steps (vision_warmup of them on the auxiliary loss alone)
+    lr: float = 5e-4                  # peak learning rate (2e-3 settled on the prior sooner)
+    warmup: int = 100                 # linear warm-up steps
+    lr_min: float = 5e-5              # final learning rate
     compile: bool = False             # as the toy recipe: no faster on a CPU
     out: str = "runs/coach"           # run folder
     action_weight: float = 8.0        # loss weight of an action token against a word's
+    aux_weight: float = 1.0           # weight of the pooled-vision action loss (`action_loss`): each frame pair, max-pooled and read through the output head, must name its chunk's action
+    vision_warmup: int = 300          # first steps on the auxiliary loss alone (`action_loss(vision_only=True)`): the encoder learns to see a fault before the decoder settles
 
 @dataclass
 class CoachConfig(Config):
@@ -569,7 +571,7 @@ class CoachConfig(Config):
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.0, repetition_penalty=1.0, max_new_tokens=32))
     train: CoachTrainConfig = field(default_factory=CoachTrainConfig)
     stream: CoachStreamConfig = field(default_factory=CoachStreamConfig)
-    workout: WorkoutConfig = field(default_factory=WorkoutConfig)
+    workout: WorkoutConfig = field(default_factory=lambda: WorkoutConfig(n_workouts=96))   # the recipe trains on 96 workouts
 
 # %% ../nbs/15_coach.ipynb #1c40e1b6
 def coach_tokenizer() -> Tokenizer:
@@ -631,16 +633,39 @@ class RecordFrames:
         "The pairs of sample `s`, chunk after chunk"
         return np.concatenate(self(s.record)[s.first:s.end])
 
-def action_loss(action_ids, weight:float=8.0):
-    "Masked cross-entropy in which an action-token label weighs `weight` times a word's: `loss(model, ids, labels, frames) -> (loss, labelled)`"
+def pair_actions(input_ids, labels, acts, video_pad_id:int, vision_tokens:int, n_pairs:int) -> mx.array:
+    "The action token (an id of `acts`) labelling the chunk of each of the `n_pairs` frame pairs a batch's `<|video_pad|>` slots hold, in order; -100 for a pair with no slots"
+    B, T = labels.shape
+    is_act = (labels[..., None] == acts).any(-1)
+    nxt = mx.cummin(mx.where(is_act, mx.arange(T)[None], T), axis=1, reverse=True)          # the first action label at or after each position
+    lab = mx.take_along_axis(mx.concatenate([labels, mx.full((B, 1), -100, labels.dtype)], 1), nxt, axis=1).reshape(-1)
+    pad = (input_ids == video_pad_id).reshape(-1)
+    k = mx.cumsum(pad.astype(mx.int32)) - 1                                                  # slot k holds feature row k: pair k // vision_tokens
+    first = pad & (k % vision_tokens == 0)
+    slot = mx.where(first, k // vision_tokens, n_pairs)
+    return (mx.zeros((n_pairs + 1,), mx.int32).at[slot].add(mx.where(first, lab + 100, 0)) - 100)[:n_pairs]
+
+def vision_action_loss(model, input_ids, labels, frames, acts, feats=None) -> mx.array:
+    "The auxiliary loss: each frame pair's features, max-pooled and read through the output head, must name the action (`acts`) labelling its chunk"
+    c = model.config
+    feats = model.encode_video(frames) if feats is None else feats
+    tgt = pair_actions(input_ids, labels, acts, c.video_pad_id, c.vision_tokens, feats.shape[0])
+    z, real = model.head(model.model.norm(feats.max(axis=1)))[:, acts], tgt != -100
+    return (nn.losses.cross_entropy(z, (tgt[:, None] == acts).argmax(-1))*real).astype(mx.float32).sum()/mx.maximum(real.sum(), 1)
+
+def action_loss(action_ids, weight:float=8.0, aux_weight:float=0.0, vision_only:bool=False):
+    "Masked cross-entropy in which an action-token label weighs `weight` times a word's, plus `aux_weight` × `vision_action_loss` (`vision_only`: that alone): `loss(model, ids, labels, frames) -> (loss, labelled)`"
     acts = mx.array(list(action_ids))
     def loss(model, input_ids, labels, frames):
-        h = model.embed_with_vision(input_ids, model.encode_video(frames), check=False)
+        feats = model.encode_video(frames)
+        if vision_only: return vision_action_loss(model, input_ids, labels, frames, acts, feats), (labels != -100).sum()
+        h = model.embed_with_vision(input_ids, feats, check=False)
         logits, targets = model(input_ids, input_embeddings=h)[:, :-1], labels[:, 1:]
         mask = targets != -100
         w = mx.where((targets[..., None] == acts).any(-1), weight, 1.0)*mask
-        ce = nn.losses.cross_entropy(logits, mx.where(mask, targets, 0))*w
-        return ce.astype(mx.float32).sum()/mx.maximum(w.sum(), 1), mask.sum()
+        ce = (nn.losses.cross_entropy(logits, mx.where(mask, targets, 0))*w).astype(mx.float32).sum()/mx.maximum(w.sum(), 1)
+        if not aux_weight: return ce, mask.sum()
+        return ce + aux_weight*vision_action_loss(model, input_ids, labels, frames, acts, feats), mask.sum()
     return loss
 
 # %% ../nbs/15_coach.ipynb #c5418c0d
@@ -670,14 +695,16 @@ def train_coach(records, cfg:CoachConfig|None=None, max_seconds:float|None=None,
     if mc.temporal_patch_size != 2: raise InputError("the coach feeds frames in pairs: it needs temporal_patch_size 2", field="temporal_patch_size")
     samples, frames = coach_samples(records, tok, mc.vision_tokens, cfg), RecordFrames(records, (mc.frame_height, mc.frame_width))
     opt = make_optimizer(tc)
-    step = make_step(model, opt, tc.grad_clip, 1, False, loss=action_loss(tok.action_ids.values(), tc.action_weight))
+    acts = tok.action_ids.values()
+    step = make_step(model, opt, tc.grad_clip, 1, False, loss=action_loss(acts, tc.action_weight, tc.aux_weight))
+    warm = make_step(model, opt, tc.grad_clip, 1, False, loss=action_loss(acts, vision_only=True)) if tc.vision_warmup else None
     order, losses, pad = BatchOrder(len(samples), tc.batch_size, tc.seed), [], tok.token_id("<|endoftext|>")
     t0 = time.perf_counter()
     for i in range(tc.steps):
         b = collate([samples[j] for j in order.next()], frames.sample, pad)
         if (b.input_ids == mc.video_pad_id).sum() != len(b.frames)*mc.vision_tokens:   # never let the loss gather past its features
             raise InputError(f"{(b.input_ids == mc.video_pad_id).sum()} vision slots for {len(b.frames)} frame pairs", field="frames")
-        loss, _, _, _ = step(mx.array(b.input_ids), mx.array(b.labels), mx.array(b.frames), None, True)
+        loss, _, _, _ = (warm if i < tc.vision_warmup else step)(mx.array(b.input_ids), mx.array(b.labels), mx.array(b.frames), None, True)
         mx.eval(model.state, opt.state, loss)
         losses.append(loss.item())
         if callback is not None and callback(i, losses[-1]): break
@@ -843,8 +870,8 @@ def coach_config(checkpoint=None, config=None, overrides=()) -> CoachConfig:
         if not config.is_file(): raise InputError("not a coach checkpoint (no coach.yaml): svlm demo coach writes one under OUT/coach", checkpoint)
     return load_config(config, list(overrides), cls=CoachConfig)
 
-def coach_for_demo(out, cfg:CoachConfig, checkpoint=None, max_seconds:float|None=60.0, log=print) -> tuple:
-    "(model, tokenizer, seconds trained): loaded from `checkpoint`, or trained on `cfg.workout.n_workouts` new workouts for at most `max_seconds`"
+def coach_for_demo(out, cfg:CoachConfig, checkpoint=None, max_seconds:float|None=None, log=print) -> tuple:
+    "(model, tokenizer, seconds trained): loaded from `checkpoint`, or trained on `cfg.workout.n_workouts` new workouts for `train.steps` (at most `max_seconds`, when given)"
     if checkpoint is not None:
         model, tok, _ = load_coach(checkpoint)
         log(f"   loaded the coach from {checkpoint}")
@@ -862,7 +889,7 @@ def run_coach_demo(out,                            # folder for the workouts, th
                    cfg:CoachConfig|None=None,      # the recipe and the streaming settings (default: `CoachConfig()`)
                    checkpoint=None,                # a coach folder `save_coach` wrote (default: train one briefly)
                    n_heldout:int=4,                # held-out workouts to stream and score
-                   max_seconds:float|None=60.0,    # cap on the training time
+                   max_seconds:float|None=None,    # cap on the training time (None: all of `train.steps`)
                    verbose:bool=True,              # print each step, the feedback beside the annotated, the scores
                   ) -> dict:
     "Write workouts, train (or load) a coach, stream held-out workouts; print and return the scores of the coach and of the three rules"
