@@ -13,10 +13,10 @@ __all__ = ['EXERCISES', 'EXERCISE_NAMES', 'ERRORS', 'CORRECTIONS', 'PRAISE', 'SP
            'error_of', 'score_feedback', 'pool_scores', 'scores_table', 'plot_feedback_timeline', 'CoachContext',
            'figure_top', 'RepCounter', 'CoachStreamConfig', 'CoachTrainConfig', 'CoachConfig', 'coach_tokenizer',
            'action_turn_ids', 'reps_seen', 'context_windows', 'chunk_frame_counts', 'coach_sample', 'chunk_pairs',
-           'RecordFrames', 'pair_actions', 'vision_action_loss', 'action_loss', 'CoachRun', 'coach_samples',
-           'train_coach', 'save_coach', 'load_coach', 'Coach', 'record_chunks', 'make_rule', 'rule_scores',
-           'tune_rules', 'coach_threshold', 'feedback_lines', 'coach_demo_folder', 'coach_config', 'coach_for_demo',
-           'run_coach_demo', 'coach_overlay', 'camera_device', 'probe_camera', 'coach_webcam']
+           'RecordFrames', 'action_loss', 'CoachRun', 'coach_samples', 'train_coach', 'save_coach', 'load_coach',
+           'Coach', 'record_chunks', 'make_rule', 'rule_scores', 'tune_rules', 'coach_threshold', 'feedback_lines',
+           'coach_demo_folder', 'coach_config', 'coach_for_demo', 'run_coach_demo', 'coach_overlay', 'camera_device',
+           'probe_camera', 'coach_webcam']
 
 # %% ../nbs/15_coach.ipynb #91a3bafd
 import svlm
@@ -35,7 +35,7 @@ from .data import Chunk, StreamingRecord, AnnotationFile, parse_annotation
 from .video import read_frames, chunk_frames, FrameChunk
 from .events import Event
 from .tokenizer import Tokenizer, ByteTokenizer, ACTION_TOKENS, prefix_ids, user_turn_ids, reply_text, load_tokenizer
-from .train import Sample, collate, BatchOrder, make_step, make_optimizer, build_model, save_any, load_any
+from .train import Sample, collate, BatchOrder, make_step, make_optimizer, build_model, save_any, load_any, vision_aux_loss
 from .stream import Policy, make_policy
 from .eval import match_utterances, prf
 from fastcore.basics import patch_to
@@ -633,39 +633,19 @@ class RecordFrames:
         "The pairs of sample `s`, chunk after chunk"
         return np.concatenate(self(s.record)[s.first:s.end])
 
-def pair_actions(input_ids, labels, acts, video_pad_id:int, vision_tokens:int, n_pairs:int) -> mx.array:
-    "The action token (an id of `acts`) labelling the chunk of each of the `n_pairs` frame pairs a batch's `<|video_pad|>` slots hold, in order; -100 for a pair with no slots"
-    B, T = labels.shape
-    is_act = (labels[..., None] == acts).any(-1)
-    nxt = mx.cummin(mx.where(is_act, mx.arange(T)[None], T), axis=1, reverse=True)          # the first action label at or after each position
-    lab = mx.take_along_axis(mx.concatenate([labels, mx.full((B, 1), -100, labels.dtype)], 1), nxt, axis=1).reshape(-1)
-    pad = (input_ids == video_pad_id).reshape(-1)
-    k = mx.cumsum(pad.astype(mx.int32)) - 1                                                  # slot k holds feature row k: pair k // vision_tokens
-    first = pad & (k % vision_tokens == 0)
-    slot = mx.where(first, k // vision_tokens, n_pairs)
-    return (mx.zeros((n_pairs + 1,), mx.int32).at[slot].add(mx.where(first, lab + 100, 0)) - 100)[:n_pairs]
-
-def vision_action_loss(model, input_ids, labels, frames, acts, feats=None) -> mx.array:
-    "The auxiliary loss: each frame pair's features, max-pooled and read through the output head, must name the action (`acts`) labelling its chunk"
-    c = model.config
-    feats = model.encode_video(frames) if feats is None else feats
-    tgt = pair_actions(input_ids, labels, acts, c.video_pad_id, c.vision_tokens, feats.shape[0])
-    z, real = model.head(model.model.norm(feats.max(axis=1)))[:, acts], tgt != -100
-    return (nn.losses.cross_entropy(z, (tgt[:, None] == acts).argmax(-1))*real).astype(mx.float32).sum()/mx.maximum(real.sum(), 1)
-
 def action_loss(action_ids, weight:float=8.0, aux_weight:float=0.0, vision_only:bool=False):
-    "Masked cross-entropy in which an action-token label weighs `weight` times a word's, plus `aux_weight` × `vision_action_loss` (`vision_only`: that alone): `loss(model, ids, labels, frames) -> (loss, labelled)`"
+    "Masked cross-entropy in which an action-token label weighs `weight` times a word's, plus `aux_weight` × the pooled-vision loss over the action tokens (`svlm.train.vision_aux_loss`; `vision_only`: that alone): `loss(model, ids, labels, frames) -> (loss, labelled)`"
     acts = mx.array(list(action_ids))
     def loss(model, input_ids, labels, frames):
         feats = model.encode_video(frames)
-        if vision_only: return vision_action_loss(model, input_ids, labels, frames, acts, feats), (labels != -100).sum()
+        if vision_only: return vision_aux_loss(model, input_ids, labels, feats, acts), (labels != -100).sum()
         h = model.embed_with_vision(input_ids, feats, check=False)
         logits, targets = model(input_ids, input_embeddings=h)[:, :-1], labels[:, 1:]
         mask = targets != -100
         w = mx.where((targets[..., None] == acts).any(-1), weight, 1.0)*mask
         ce = (nn.losses.cross_entropy(logits, mx.where(mask, targets, 0))*w).astype(mx.float32).sum()/mx.maximum(w.sum(), 1)
         if not aux_weight: return ce, mask.sum()
-        return ce + aux_weight*vision_action_loss(model, input_ids, labels, frames, acts, feats), mask.sum()
+        return ce + aux_weight*vision_aux_loss(model, input_ids, labels, feats, acts), mask.sum()
     return loss
 
 # %% ../nbs/15_coach.ipynb #c5418c0d

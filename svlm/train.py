@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['LORA_KEYS', 'ADAPTERS', 'ADAPTER_CONFIG', 'CKPT_DIR', 'LAST', 'RESUMABLE', 'window_spans', 'window_record',
            'window_records', 'Sample', 'DataSet', 'build_samples', 'FrameCache', 'Batch', 'collate', 'BatchOrder',
-           'masked_loss', 'make_schedule', 'make_optimizer', 'freeze', 'LoRALinear', 'apply_lora', 'adapter_weights',
-           'quantize_base', 'save_adapters', 'load_adapted', 'fuse', 'make_step', 'load_any', 'save_any',
-           'save_checkpoint', 'find_checkpoint', 'load_checkpoint', 'parse_model_spec', 'build_model', 'resolve_data',
-           'vl_geometry', 'vl_vision', 'vl_loss', 'grad_checkpoint', 'memory_estimate', 'TrainingError', 'TrainResult',
-           'bpe_tokenizer', 'Run', 'commentary_data', 'train', 'launch', 'checkpoint_dir', 'checkpoint_config', 'load',
-           'plot_losses', 'teacher_forced_replies']
+           'masked_loss', 'vision_targets', 'vision_aux_loss', 'make_schedule', 'make_optimizer', 'freeze',
+           'LoRALinear', 'apply_lora', 'adapter_weights', 'quantize_base', 'save_adapters', 'load_adapted', 'fuse',
+           'make_step', 'load_any', 'save_any', 'save_checkpoint', 'find_checkpoint', 'load_checkpoint',
+           'parse_model_spec', 'build_model', 'resolve_data', 'vl_geometry', 'vl_vision', 'vl_loss', 'grad_checkpoint',
+           'memory_estimate', 'TrainingError', 'TrainResult', 'bpe_tokenizer', 'Run', 'commentary_data', 'train',
+           'launch', 'checkpoint_dir', 'checkpoint_config', 'load', 'plot_losses', 'teacher_forced_replies']
 
 # %% ../nbs/11_train.ipynb #7af9bfa0
 import svlm
@@ -241,13 +241,36 @@ class BatchOrder:
         self.cursor = st["cursor"]
 
 # %% ../nbs/11_train.ipynb #20e6d8dd
-def masked_loss(model:Model, input_ids, labels, vision=None, decision_weight:float=1.0):
-    "Mean next-token cross-entropy over positions whose label is not -100 (each reply's first token weighted `decision_weight`); (loss, labelled tokens)"
+def masked_loss(model:Model, input_ids, labels, vision=None, decision_weight:float=1.0, aux_weight:float=0.0, vision_only:bool=False):
+    "Mean next-token cross-entropy over positions whose label is not -100 (each reply's first token weighted `decision_weight`), plus `aux_weight` × `vision_aux_loss` (`vision_only`: that alone); (loss, labelled tokens)"
     if vision is None: h = None
     else:
         feats = model.encode_video(vision) if vision.ndim == 5 else vision    # (N, n_vision, D)
+        if vision_only: return vision_aux_loss(model, input_ids, labels, feats), (labels != -100).sum()
         h = model.embed_with_vision(input_ids, feats, check=False)          # (B, T, D)
-    return _masked_ce(model(input_ids, input_embeddings=h), labels, decision_weight)
+    loss, n = _masked_ce(model(input_ids, input_embeddings=h), labels, decision_weight)
+    if aux_weight and vision is not None: loss = loss + aux_weight * vision_aux_loss(model, input_ids, labels, feats)
+    return loss, n
+
+def vision_targets(input_ids, labels, video_pad_id:int, vision_tokens:int, n:int, is_target=None) -> mx.array:
+    "For each of the `n` vision inputs whose features fill a batch's `<|video_pad|>` slots in order (`vision_tokens` each): the first label at or after its slots where `is_target` (default: any label); -100 for an input with no slots"
+    B, T = labels.shape
+    is_target = labels != -100 if is_target is None else is_target
+    nxt = mx.cummin(mx.where(is_target, mx.arange(T)[None], T), axis=1, reverse=True)        # the first target at or after each position
+    lab = mx.take_along_axis(mx.concatenate([labels, mx.full((B, 1), -100, labels.dtype)], 1), nxt, axis=1).reshape(-1)
+    pad = (input_ids == video_pad_id).reshape(-1)
+    k = mx.cumsum(pad.astype(mx.int32)) - 1                                                  # slot k holds feature row k: input k // vision_tokens
+    first = pad & (k % vision_tokens == 0)
+    slot = mx.where(first, k // vision_tokens, n)
+    return (mx.zeros((n + 1,), mx.int32).at[slot].add(mx.where(first, lab + 100, 0)) - 100)[:n]
+
+def vision_aux_loss(model:Model, input_ids, labels, feats, ids=None) -> mx.array:
+    "The pooled-vision loss: each vision input's features `feats` (n, tokens, D), max-pooled and read through the output head (no new weights), predict its `vision_targets` (among the token `ids` alone, when given)"
+    c = model.config
+    tgt = vision_targets(input_ids, labels, c.video_pad_id, c.vision_tokens, feats.shape[0], None if ids is None else (labels[..., None] == ids).any(-1))
+    z, real = model.head(model.model.norm(feats.max(axis=1))), tgt != -100
+    if ids is not None: z, tgt = z[:, ids], (tgt[:, None] == ids).argmax(-1)
+    return (nn.losses.cross_entropy(z, mx.maximum(tgt, 0)) * real).astype(mx.float32).sum() / mx.maximum(real.sum(), 1)
 
 def _masked_ce(logits, labels, decision_weight:float=1.0):
     "Mean cross-entropy of logits (B, T, V) predicting labels[:, 1:] where they are not -100; (loss, labelled tokens)"
@@ -835,8 +858,11 @@ def train(cfg:Config,                 # the run's config (train, tokenizer, vide
     pad_id = tok.token_id("<|endoftext|>")
     vl = isinstance(model, Qwen25VL)
     n_chunks = None if vl else tc.batch_size // world * max(sm.n_chunks for sm in s.ds.samples)   # the toy pads to fixed shapes for mx.compile
+    if vl and (tc.aux_weight or tc.vision_warmup): raise InputError("train.aux_weight and train.vision_warmup are for svlm's toy decoder, not Qwen2.5-VL", field="train.aux_weight")
     step_fn = make_step(model, opt, tc.grad_clip, tc.grad_accum, tc.compile and not vl, group if world > 1 else None,
-                        vl_loss if vl else partial(masked_loss, decision_weight=tc.decision_weight))
+                        vl_loss if vl else partial(masked_loss, decision_weight=tc.decision_weight, aux_weight=tc.aux_weight))
+    warm_fn = make_step(model, opt, tc.grad_clip, tc.grad_accum, tc.compile, group if world > 1 else None,
+                        partial(masked_loss, vision_only=True)) if tc.vision_warmup and not vl else None
     vision = (lambda mb: vl_vision(model, mb.input_ids, mb.frames, cfg.video.fps)) if vl else (lambda mb: mx.array(mb.frames))
     if verbose and lead:
         T = max(len(sm) for sm in s.ds.samples)
@@ -855,7 +881,7 @@ def train(cfg:Config,                 # the run's config (train, tokenizer, vide
         for step in range(start + 1, tc.steps + 1):
             g, lsum, ntok, nlab = None, 0.0, 0, 0
             for i, mb in enumerate(_micro_batches(s, tc, pad_id, n_chunks, rank, world)):
-                loss, n, g, norm = step_fn(mx.array(mb.input_ids), mx.array(mb.labels), vision(mb), g, i == tc.grad_accum - 1)
+                loss, n, g, norm = (warm_fn if step <= tc.vision_warmup else step_fn)(mx.array(mb.input_ids), mx.array(mb.labels), vision(mb), g, i == tc.grad_accum - 1)
                 if g is None: mx.eval(state, loss, n, norm)         # the update happened: evaluate the new state
                 else: mx.eval(loss, n, g)                           # accumulating: evaluate the running gradient
                 lsum += loss.item(); ntok += mb.n_tokens * world; nlab += int(n.item())   # loss, n: the whole batch's

@@ -255,10 +255,10 @@ def test_demo_coach_streams_heldout_workouts_and_scores_the_rules(tmp_path):
     assert r2.returncode == 0, r2.stderr
     assert "loaded the coach" in r2.stdout and json.loads(r2.stdout.strip().splitlines()[-1])["checkpoint"] == str(d/"coach")
 
-def test_pair_actions_label_every_frame_pair_with_its_chunks_action(data):
+def test_vision_targets_label_every_frame_pair_with_its_chunks_action(data):
     "On real samples: each frame pair gets the action token of the chunk it belongs to, as the records say"
-    from svlm.coach import coach_samples, RecordFrames, pair_actions
-    from svlm.train import collate
+    from svlm.coach import coach_samples, RecordFrames
+    from svlm.train import collate, vision_targets
     d, train, held = data
     cfg, tok = CoachConfig(), coach_tokenizer()
     m = build_model("tiny", tok, 0); mc = m.config
@@ -266,7 +266,8 @@ def test_pair_actions_label_every_frame_pair_with_its_chunks_action(data):
     rf = RecordFrames(train, (mc.frame_height, mc.frame_width))
     b = collate(ss, rf.sample, tok.token_id("<|endoftext|>"))
     acts = list(tok.action_ids.values())
-    got = pair_actions(mx.array(b.input_ids), mx.array(b.labels), mx.array(acts), mc.video_pad_id, mc.vision_tokens, len(b.frames)).tolist()
+    lab = mx.array(b.labels)
+    got = vision_targets(mx.array(b.input_ids), lab, mc.video_pad_id, mc.vision_tokens, len(b.frames), (lab[..., None] == mx.array(acts)).any(-1)).tolist()
     ref = [tok.token_id(split_action(c.text)[0]) for s in ss for c, pairs in zip(train[s.record].chunks[s.first:s.end], rf(s.record)[s.first:s.end]) for _ in pairs]
     assert got == ref and len(set(ref)) >= 2
 

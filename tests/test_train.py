@@ -162,6 +162,17 @@ def test_grad_accum_and_freezing(records, tmp_path):
     assert any((a[k] != b[k]).any() for k in a if k.startswith("model."))
     assert sum(m["tokens"] > 0 for m in r.metrics()) == 1 and len(r.losses) == 3
 
+def test_vision_warmup_trains_the_encoder_alone_then_everything(records, tmp_path):
+    "train.vision_warmup steps on the pooled-vision loss alone move the encoder (and the head it is read through), not the decoder's blocks; the steps after move both"
+    ex = ["train.weight_decay=0", "train.aux_weight=1", "train.vision_warmup=2", "train.compile=false"]
+    b = _params(train(_cfg(tmp_path/"0", "train.steps=0"), data=records, progress=False).model)
+    a = _params(train(_cfg(tmp_path/"w", "train.steps=2", *ex), data=records, progress=False).model)
+    assert any((a[k] != b[k]).any() for k in a if k.startswith("visual."))
+    assert all((a[k] == b[k]).all() for k in a if k.startswith("model.layers."))
+    f = train(_cfg(tmp_path/"f", "train.steps=3", *ex), data=records, progress=False)
+    c = _params(f.model)
+    assert any((c[k] != b[k]).any() for k in c if k.startswith("model.layers.")) and all(math.isfinite(x) for x in f.losses)
+
 @pytest.mark.parametrize("name", ["optimizer.safetensors", "model.safetensors", "trainer_state.json"])
 def test_truncated_checkpoint_file_is_refused_by_name(records, tmp_path, name):
     "Every file of a checkpoint goes through a checked reader: `svlm train --resume-from` exits 2 naming the file, and writes nothing"
