@@ -867,7 +867,7 @@ def coach_for_demo(out, cfg:CoachConfig, checkpoint=None, max_seconds:float|None
 # %% ../nbs/15_coach.ipynb #5c33ed8c
 def run_coach_demo(out,                            # folder for the workouts, the coach and the outputs
                    cfg:CoachConfig|None=None,      # the recipe and the streaming settings (default: `CoachConfig()`)
-                   checkpoint=None,                # a coach folder `save_coach` wrote (default: train one briefly)
+                   checkpoint=None,                # a coach folder `save_coach` wrote (default: train one with the recipe's steps, about 3 minutes on 2 cores)
                    n_heldout:int=4,                # held-out workouts to stream and score
                    max_seconds:float|None=None,    # cap on the training time (None: all of `train.steps`)
                    verbose:bool=True,              # print each step, the feedback beside the annotated, the scores
