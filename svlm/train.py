@@ -241,36 +241,47 @@ class BatchOrder:
         self.cursor = st["cursor"]
 
 # %% ../nbs/11_train.ipynb #20e6d8dd
-def masked_loss(model:Model, input_ids, labels, vision=None, decision_weight:float=1.0, aux_weight:float=0.0, vision_only:bool=False):
-    "Mean next-token cross-entropy over positions whose label is not -100 (each reply's first token weighted `decision_weight`), plus `aux_weight` × `vision_aux_loss` (`vision_only`: that alone); (loss, labelled tokens)"
+def masked_loss(model:Model, input_ids, labels, vision=None, decision_weight:float=1.0, aux_weight:float=0.0, vision_only:bool=False, aux_tokens:int=1):
+    "Mean next-token cross-entropy over positions whose label is not -100 (each reply's first token weighted `decision_weight`), plus `aux_weight` × `vision_aux_loss` over the first `aux_tokens` labels of each reply (`vision_only`: that alone); (loss, labelled tokens)"
     if vision is None: h = None
     else:
         feats = model.encode_video(vision) if vision.ndim == 5 else vision    # (N, n_vision, D)
-        if vision_only: return vision_aux_loss(model, input_ids, labels, feats), (labels != -100).sum()
+        if vision_only: return vision_aux_loss(model, input_ids, labels, feats, k=aux_tokens), (labels != -100).sum()
         h = model.embed_with_vision(input_ids, feats, check=False)          # (B, T, D)
     loss, n = _masked_ce(model(input_ids, input_embeddings=h), labels, decision_weight)
-    if aux_weight and vision is not None: loss = loss + aux_weight * vision_aux_loss(model, input_ids, labels, feats)
+    if aux_weight and vision is not None: loss = loss + aux_weight * vision_aux_loss(model, input_ids, labels, feats, k=aux_tokens)
     return loss, n
 
-def vision_targets(input_ids, labels, video_pad_id:int, vision_tokens:int, n:int, is_target=None) -> mx.array:
-    "For each of the `n` vision inputs whose features fill a batch's `<|video_pad|>` slots in order (`vision_tokens` each): the first label at or after its slots where `is_target` (default: any label); -100 for an input with no slots"
+def vision_targets(input_ids, labels, video_pad_id:int, vision_tokens:int, n:int, is_target=None, k:int=1) -> mx.array:
+    "For each of the `n` vision inputs whose features fill a batch's `<|video_pad|>` slots in order (`vision_tokens` each): the first label at or after its slots where `is_target` (default: any label), and with `k` > 1 the labels that follow it in the same run, (n, k); -100 for an input with no slots and past a run's end"
     B, T = labels.shape
     is_target = labels != -100 if is_target is None else is_target
     nxt = mx.cummin(mx.where(is_target, mx.arange(T)[None], T), axis=1, reverse=True)        # the first target at or after each position
-    lab = mx.take_along_axis(mx.concatenate([labels, mx.full((B, 1), -100, labels.dtype)], 1), nxt, axis=1).reshape(-1)
+    padded = mx.concatenate([labels, mx.full((B, 1), -100, labels.dtype)], 1)
+    labs, ok = [], mx.ones(nxt.shape, mx.bool_)
+    for j in range(k):                                                                        # the j-th label of the run from there
+        lab = mx.take_along_axis(padded, mx.minimum(nxt + j, T), axis=1)
+        ok = ok & (lab != -100)
+        labs.append(mx.where(ok, lab, -100))
+    lab = mx.stack(labs, -1).reshape(-1, k)
     pad = (input_ids == video_pad_id).reshape(-1)
-    k = mx.cumsum(pad.astype(mx.int32)) - 1                                                  # slot k holds feature row k: input k // vision_tokens
-    first = pad & (k % vision_tokens == 0)
-    slot = mx.where(first, k // vision_tokens, n)
-    return (mx.zeros((n + 1,), mx.int32).at[slot].add(mx.where(first, lab + 100, 0)) - 100)[:n]
+    s = mx.cumsum(pad.astype(mx.int32)) - 1                                                  # slot s holds feature row s: input s // vision_tokens
+    first = pad & (s % vision_tokens == 0)
+    slot = mx.where(first, s // vision_tokens, n)
+    out = (mx.zeros((n + 1, k), mx.int32).at[slot].add(mx.where(first[:, None], lab + 100, 0)) - 100)[:n]
+    return out[:, 0] if k == 1 else out
 
-def vision_aux_loss(model:Model, input_ids, labels, feats, ids=None) -> mx.array:
-    "The pooled-vision loss: each vision input's features `feats` (n, tokens, D), max-pooled and read through the output head (no new weights), predict its `vision_targets` (among the token `ids` alone, when given)"
+def vision_aux_loss(model:Model, input_ids, labels, feats, ids=None, k:int=1) -> mx.array:
+    "The pooled-vision loss: each vision input's features `feats` (n, tokens, D), max-pooled and read through the output head (no new weights), predict its `vision_targets` (among the token `ids` alone, when given; each of the first `k` labels of its reply, when `k` > 1)"
     c = model.config
-    tgt = vision_targets(input_ids, labels, c.video_pad_id, c.vision_tokens, feats.shape[0], None if ids is None else (labels[..., None] == ids).any(-1))
-    z, real = model.head(model.model.norm(feats.max(axis=1))), tgt != -100
-    if ids is not None: z, tgt = z[:, ids], (tgt[:, None] == ids).argmax(-1)
-    return (nn.losses.cross_entropy(z, mx.maximum(tgt, 0)) * real).astype(mx.float32).sum() / mx.maximum(real.sum(), 1)
+    if ids is not None and k != 1: raise ValueError("vision_aux_loss: ids restricts the target to one token, so k must be 1")
+    tgt = vision_targets(input_ids, labels, c.video_pad_id, c.vision_tokens, feats.shape[0], None if ids is None else (labels[..., None] == ids).any(-1), k)
+    z = model.head(model.model.norm(feats.max(axis=1))).astype(mx.float32)
+    if ids is not None: z, tgt = z[:, ids], mx.where(tgt == -100, -100, (tgt[:, None] == ids).argmax(-1).astype(mx.int32))
+    tgt = tgt.reshape(tgt.shape[0], -1)                                                       # (n, k)
+    real = tgt != -100
+    ce = mx.logsumexp(z, axis=-1, keepdims=True) - mx.take_along_axis(z, mx.maximum(tgt, 0), axis=-1)
+    return (ce * real).sum() / mx.maximum(real.sum(), 1)
 
 def _masked_ce(logits, labels, decision_weight:float=1.0):
     "Mean cross-entropy of logits (B, T, V) predicting labels[:, 1:] where they are not -100; (loss, labelled tokens)"
@@ -860,9 +871,9 @@ def train(cfg:Config,                 # the run's config (train, tokenizer, vide
     n_chunks = None if vl else tc.batch_size // world * max(sm.n_chunks for sm in s.ds.samples)   # the toy pads to fixed shapes for mx.compile
     if vl and (tc.aux_weight or tc.vision_warmup): raise InputError("train.aux_weight and train.vision_warmup are for svlm's toy decoder, not Qwen2.5-VL", field="train.aux_weight")
     step_fn = make_step(model, opt, tc.grad_clip, tc.grad_accum, tc.compile and not vl, group if world > 1 else None,
-                        vl_loss if vl else partial(masked_loss, decision_weight=tc.decision_weight, aux_weight=tc.aux_weight))
+                        vl_loss if vl else partial(masked_loss, decision_weight=tc.decision_weight, aux_weight=tc.aux_weight, aux_tokens=tc.aux_tokens))
     warm_fn = make_step(model, opt, tc.grad_clip, tc.grad_accum, tc.compile, group if world > 1 else None,
-                        partial(masked_loss, vision_only=True)) if tc.vision_warmup and not vl else None
+                        partial(masked_loss, vision_only=True, aux_tokens=tc.aux_tokens)) if tc.vision_warmup and not vl else None
     vision = (lambda mb: vl_vision(model, mb.input_ids, mb.frames, cfg.video.fps)) if vl else (lambda mb: mx.array(mb.frames))
     if verbose and lead:
         T = max(len(sm) for sm in s.ds.samples)
