@@ -174,7 +174,7 @@ class TrainConfig:
     query: bool = False               # the record's query in the first chunk of windows that start a record, as a stream shows it (StreamingVLM: never)
     decision_weight: float = 1.0      # loss weight of each reply's first token, where the model decides to speak or stay silent (1: plain mean)
     aux_weight: float = 0.0           # weight of the pooled-vision loss (svlm.train.vision_aux_loss): each chunk's vision features, max-pooled and read through the output head, predict the first label after them (0: off)
-    vision_warmup: int = 0            # first steps on that loss alone, so features that tell chunks apart exist before the decoder settles
+    vision_warmup: int = 0            # first steps on that loss alone, so features that tell chunks apart exist before the decoder settles (a model from a preset only: fine-tuning a model folder or LoRA starts on the whole loss)
     aux_tokens: int = 1               # how many of each reply's first labels that loss asks the pooled features for (1: the first; more: e.g. the team and the event's word)
     batch_size: int = 4               # samples per step
     grad_accum: int = 1               # micro-batches per optimizer step

@@ -63,8 +63,8 @@ def run_demo(out,                          # folder for the data, the run and th
     s = "s" if n_heldout != 1 else ""
     log(f"1. synthesized and converted {cfg.synth.n_clips} training clips and {n_heldout} held-out clip{s} "
         f"({cfg.synth.duration:g} s, {cfg.synth.width}x{cfg.synth.height}) in {t_syn.elapsed:.1f}s -> {out/'data'}")
-    if cfg.synth.captions: log("   each event captioned on screen (synth.captions=true): without captions the toy does not yet learn in this budget "
-                               "when an event starts (nbs/11_train.ipynb, the ablation table)")
+    if cfg.synth.captions: log("   each event captioned on screen (synth.captions=true, an ablation: the recipe's clips show what happened "
+                               "only in the play; nbs/11_train.ipynb, the ablation table)")
     cfg = replace(cfg, train=replace(cfg.train, out=str(out/"run")))
     log(f"2. training {cfg.train.model.split(':')[0]} for {cfg.train.steps} steps of {cfg.train.batch_size} x {cfg.train.window_s:g} s windows"
         + (f" (at most {max_seconds:g} s)" if max_seconds else ""))

@@ -6,11 +6,11 @@
 __all__ = ['PITCH_L', 'PITCH_W', 'GOAL_W', 'GOAL_D', 'MARGIN_X', 'MARGIN_Y', 'TEAMS', 'TEAM_RGB', 'KEEPER_RGB', 'OUT_RGB',
            'FLAG_RGB', 'GRASS_RGB', 'LINE_RGB', 'NET_RGB', 'CAPTION_CHARS', 'KINDS', 'KIND_P', 'PASS_TEXT', 'SHOT_TEXT',
            'OUTCOME_TEXT', 'GOAL_TEXT', 'THROW_TEXT', 'CAPTIONS', 'SHOTS', 'ONSET_GRID', 'TRAIL', 'SPEECH_DELAY',
-           'HOLD', 'LEAD', 'FLIGHT', 'PLAYER_R', 'BALL_R', 'QUERY', 'SPLIT_SEED', 'Pitch', 'pitch_background',
-           'draw_disc', 'draw_ring', 'draw_line', 'draw_triangle', 'text_mask', 'draw_text', 'caption_box',
-           'draw_caption', 'draw_border', 'draw_score', 'word_times', 'chunk_words', 'Event', 'script_clip', 'Sim',
-           'simulate', 'render_frame', 'clip_frames', 'frames_digest', 'write_mp4', 'ClipInfo', 'make_clip',
-           'annotation_line', 'write_annotations', 'windows_of', 'window_lines', 'make_dataset']
+           'HOLD', 'LEAD', 'FLIGHT', 'PLAYER_R', 'BALL_R', 'NET_BULGE_RGB', 'QUERY', 'SPLIT_SEED', 'Pitch',
+           'pitch_background', 'draw_disc', 'draw_ring', 'draw_line', 'draw_triangle', 'text_mask', 'draw_text',
+           'caption_box', 'draw_caption', 'draw_border', 'draw_score', 'word_times', 'chunk_words', 'Event',
+           'script_clip', 'Sim', 'simulate', 'render_frame', 'clip_frames', 'frames_digest', 'write_mp4', 'ClipInfo',
+           'make_clip', 'annotation_line', 'write_annotations', 'windows_of', 'window_lines', 'make_dataset']
 
 # %% ../nbs/03_synth.ipynb #a434da7d
 import svlm
@@ -535,6 +535,7 @@ def _items(m, ev, t, fps, captions:bool=False):
         out.append(("trail", "pass" if ev.kind == "pass" else "shot", TEAMS[ev.actor], m.kicks[id(ev)].copy(), np.array(end, float)))
     if not on: return out
     if ev.kind == "out" and id(ev) in m.outs and t >= ev.outcome - 0.5/fps: out.append(("flag",) + tuple(m.outs[id(ev)]))
+    if ev.kind == "goal" and t >= ev.outcome - 0.5/fps: out.append(("net", _goal_x(ev.actor)))     # the ball has hit the net: it bulges
     if not captions: return out
     ended = t >= ev.outcome - 0.5/fps
     out.append(("caption", ev.caption_at(t + 0.5/fps), OUT_RGB if ev.kind == "out" and ended else TEAM_RGB[TEAMS[ev.actor]] if not ended else TEAM_RGB[ev.team]))
@@ -572,6 +573,7 @@ def simulate(events:list[Event], seed:int=0, cfg:SynthConfig|None=None) -> Sim:
 
 # %% ../nbs/03_synth.ipynb #f0e2ec72
 PLAYER_R, BALL_R = 1.8, 1.0          # metres
+NET_BULGE_RGB = (250, 250, 250)      # a goal's net once the ball is in it
 
 def _dark(rgb, f=0.45): return tuple(int(c*f) for c in rgb)
 
@@ -581,6 +583,10 @@ def render_frame(sim:Sim, i:int) -> np.ndarray:
     img = pitch_background(pitch.width, pitch.height).copy()
     px = lambda pt: tuple(float(v) for v in pitch.px(*pt))
     items = sim.items[i]
+    for it in items:                                             # a goal's net, bulging under the ball until the kick-off
+        if it[0] != "net": continue
+        sg, y0, y1 = (1 if it[1] > 0 else -1), PITCH_W/2 - GOAL_W/2 - 0.5, PITCH_W/2 + GOAL_W/2 + 0.5
+        draw_line(img, px((it[1] + sg*GOAL_D, y0)), px((it[1] + sg*GOAL_D, y1)), 2*GOAL_D*s, NET_BULGE_RGB)
     for it in items:
         if it[0] != "trail": continue
         _, style, team, a, b = it

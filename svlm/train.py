@@ -870,10 +870,13 @@ def train(cfg:Config,                 # the run's config (train, tokenizer, vide
     vl = isinstance(model, Qwen25VL)
     n_chunks = None if vl else tc.batch_size // world * max(sm.n_chunks for sm in s.ds.samples)   # the toy pads to fixed shapes for mx.compile
     if vl and (tc.aux_weight or tc.vision_warmup): raise InputError("train.aux_weight and train.vision_warmup are for svlm's toy decoder, not Qwen2.5-VL", field="train.aux_weight")
+    warmup = 0 if tc.lora_rank or (Path(tc.model)/"config.json").is_file() else tc.vision_warmup    # a decoder that starts from random weights only
+    if warmup >= tc.steps > start and lead:
+        warnings.warn(f"train.vision_warmup={warmup} covers all {tc.steps} steps: the decoder never trains (more train.steps, or train.vision_warmup=0)")
     step_fn = make_step(model, opt, tc.grad_clip, tc.grad_accum, tc.compile and not vl, group if world > 1 else None,
                         vl_loss if vl else partial(masked_loss, decision_weight=tc.decision_weight, aux_weight=tc.aux_weight, aux_tokens=tc.aux_tokens))
     warm_fn = make_step(model, opt, tc.grad_clip, tc.grad_accum, tc.compile, group if world > 1 else None,
-                        partial(masked_loss, vision_only=True, aux_tokens=tc.aux_tokens)) if tc.vision_warmup and not vl else None
+                        partial(masked_loss, vision_only=True, aux_tokens=tc.aux_tokens)) if warmup and not vl else None
     vision = (lambda mb: vl_vision(model, mb.input_ids, mb.frames, cfg.video.fps)) if vl else (lambda mb: mx.array(mb.frames))
     if verbose and lead:
         T = max(len(sm) for sm in s.ds.samples)
@@ -892,7 +895,7 @@ def train(cfg:Config,                 # the run's config (train, tokenizer, vide
         for step in range(start + 1, tc.steps + 1):
             g, lsum, ntok, nlab = None, 0.0, 0, 0
             for i, mb in enumerate(_micro_batches(s, tc, pad_id, n_chunks, rank, world)):
-                loss, n, g, norm = (warm_fn if step <= tc.vision_warmup else step_fn)(mx.array(mb.input_ids), mx.array(mb.labels), vision(mb), g, i == tc.grad_accum - 1)
+                loss, n, g, norm = (warm_fn if step <= warmup else step_fn)(mx.array(mb.input_ids), mx.array(mb.labels), vision(mb), g, i == tc.grad_accum - 1)
                 if g is None: mx.eval(state, loss, n, norm)         # the update happened: evaluate the new state
                 else: mx.eval(loss, n, g)                           # accumulating: evaluate the running gradient
                 lsum += loss.item(); ntok += mb.n_tokens * world; nlab += int(n.item())   # loss, n: the whole batch's

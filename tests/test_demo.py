@@ -3,17 +3,19 @@ clips it has never seen. It must commentate at the right moments, and its headli
 
 The synthetic clips have events at irregular times, so a blind fixed schedule cannot guess them: the best schedule of
 every 2nd to 12th second at its luckiest phase, chosen on the held-out references themselves, scores 0.38 in the exact
-chunk; the toy recipe 1.00 with each of training seeds 0, 1 and 2 (greedy decoding). So the test asks for F >= 0.8 in the
-exact chunk, >= 0.85 at +-1.5 s, the blind schedule at most 0.4 and the model at least 0.3 above it.
+chunk. Timing is not the words: the headline also prints event accuracy (does each matched line name the reference's
+kind of event?) and ROUGE-L, and the test recomputes every figure of it from the files the demo wrote, and reads each
+reference line back from the printed side-by-side tables.
 
-Timing is not the words: the headline also prints event accuracy (does each matched line name the reference's kind of
-event?) and ROUGE-L, and the test recomputes every figure of it from the files the demo wrote, and reads each reference
-line back from the printed side-by-side tables. The recipe's clips carry captions (issue #15: the toy does not yet learn
-the events from the play alone); with them it names the right kind of event on 0.86, 0.90 and 1.00 of the matched lines
-(seeds 0, 1, 2; ROUGE-L 0.74, 0.84, 0.74). Training is not bitwise reproducible across machines (the float path of the
-BLAS differs), so a run elsewhere is another draw: the test asks for event accuracy >= 0.6 and ROUGE-L >= 0.5, which the
-previous recipe (32 clips, every window shifted up to an hour) failed on two seeds of three (0.29-0.71), and a model whose
-words stopped following the frames fails (the 2-layer variant of the ablation table: 0.19).
+No caption names the event (issue #15): the words must come from the play. With training seeds 0, 1 and 2 the
+recipe scores 0.93, 0.95 and 0.95 in the exact chunk, event accuracy 0.86 each and ROUGE-L 0.68, 0.79, 0.69 on these
+four clips (0.91-0.94, 0.79-0.80 and 0.69-0.74 on 16 held-out clips; nbs/11_train.ipynb, rows n0-n2 of the ablation
+table). Training is not bitwise reproducible across machines (the float path of the BLAS differs), so a run elsewhere
+is another draw, and the single runs of the ablation table around the recipe spread from 0.76 to 0.95 in the exact
+chunk: the test asks for F >= 0.7 in the exact chunk, >= 0.8 at +-1.5 s, the blind schedule at most 0.4 and the
+model at least 0.3 above it, event accuracy >= 0.6 and ROUGE-L >= 0.5. A model that never reads the frames fails all
+of them (the same model without the pooled-vision loss: exact-chunk F 0.24, event accuracy 0.08, ROUGE-L 0.14).
+The training loss includes the pooled-vision loss, so it ends near 0.4-0.7 here, from 6.6-6.8.
 """
 import json, re, subprocess, sys
 from pathlib import Path
@@ -28,8 +30,8 @@ def test_demo_learns_to_commentate(tmp_path):
     r = subprocess.run([str(SVLM), "demo", "--out", str(tmp_path)], capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout.strip().splitlines()[-1])
-    assert s["steps"] == 1000 and s["loss_last"] < 0.4, s
-    assert s["f1_exact"] >= 0.8 and s["f1"] >= 0.85, (s, r.stdout[-3000:])
+    assert s["steps"] == 1000 and s["loss_last"] < 1.0, s
+    assert s["f1_exact"] >= 0.7 and s["f1"] >= 0.8, (s, r.stdout[-3000:])
     assert s["blind_f1_exact"] <= 0.4 and s["f1_exact"] >= s["blind_f1_exact"] + 0.3, s
     assert s["event_acc"] >= 0.6 and s["rouge_l"] >= 0.5, (s, r.stdout[-3000:])
     for i in range(4):                                        # what a user gets to look at, on disk

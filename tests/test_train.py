@@ -173,6 +173,16 @@ def test_vision_warmup_trains_the_encoder_alone_then_everything(records, tmp_pat
     c = _params(f.model)
     assert any((c[k] != b[k]).any() for k in c if k.startswith("model.layers.")) and all(math.isfinite(x) for x in f.losses)
 
+def test_vision_warmup_is_for_a_decoder_from_scratch(records, tmp_path):
+    "Fine-tuning a model folder (or LoRA) starts on the whole loss: the warm-up would leave the trained decoder where it is; a warm-up as long as the run is warned about"
+    ex = ["train.weight_decay=0", "train.aux_weight=1", "train.vision_warmup=5", "train.compile=false"]
+    with pytest.warns(UserWarning, match="decoder never trains"):
+        base = train(_cfg(tmp_path/"base", "train.steps=2", *ex), data=records, progress=False)
+    b = _params(base.model)
+    ft = train(_cfg(tmp_path/"ft", "train.steps=1", f"train.model={tmp_path/'base'/'last'}", *ex), data=records, progress=False)
+    a = _params(ft.model)
+    assert any((a[k] != b[k]).any() for k in a if k.startswith("model.layers."))
+
 @pytest.mark.parametrize("name", ["optimizer.safetensors", "model.safetensors", "trainer_state.json"])
 def test_truncated_checkpoint_file_is_refused_by_name(records, tmp_path, name):
     "Every file of a checkpoint goes through a checked reader: `svlm train --resume-from` exits 2 naming the file, and writes nothing"
