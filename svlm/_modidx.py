@@ -846,6 +846,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'svlm.synth.render_frame': ('synth.html#render_frame', 'svlm/synth.py'),
                             'svlm.synth.script_clip': ('synth.html#script_clip', 'svlm/synth.py'),
                             'svlm.synth.simulate': ('synth.html#simulate', 'svlm/synth.py'),
+                            'svlm.synth.start_score': ('synth.html#start_score', 'svlm/synth.py'),
                             'svlm.synth.text_mask': ('synth.html#text_mask', 'svlm/synth.py'),
                             'svlm.synth.window_lines': ('synth.html#window_lines', 'svlm/synth.py'),
                             'svlm.synth.windows_of': ('synth.html#windows_of', 'svlm/synth.py'),

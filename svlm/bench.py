@@ -431,7 +431,7 @@ def bench_match(model:Model, tok:Tokenizer, cfg:Config|None=None, minutes:float=
     if eng.size is None: raise InputError("bench match renders the match at the model's own frame size; this model takes any size", field="model")
     if 2*window_min > minutes: raise InputError(f"the two {window_min:g}-minute windows do not fit in {minutes:g} minutes", field="window_min")
     H, W = eng.size
-    sc = replace(cfg.synth, duration=60.0*minutes, fps=int(round(cfg.video.fps)), width=W, height=H)
+    sc = replace(cfg.synth, duration=60.0*minutes, fps=int(round(cfg.video.fps)), width=W, height=H, start_goals=0)   # a match kicks off at 0-0
     seed = cfg.synth.seed + SPLIT_SEED["match"] if seed is None else seed
     evs = script_clip(seed, sc)
     res = eng.run(IteratorSource((i/sc.fps, f) for i, f in enumerate(clip_frames(seed, sc, evs))))

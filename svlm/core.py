@@ -136,6 +136,7 @@ class SynthConfig:
     event_rate: float = 0.25          # mean events per second
     min_gap: float = 2.0              # seconds between the end of one event's commentary and the next event
     captions: bool = False            # draw a caption naming each event (and the goal border, the save halo): an ablation; by default only the play shows what happened
+    start_goals: int = 0              # each team's goals before a clip starts, drawn per clip from 0..this (a clip as a moment of a longer match: its scoreboard shows any score); 0: every clip starts 0-0
 
 @dataclass
 class SamplingConfig:

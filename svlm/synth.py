@@ -9,8 +9,9 @@ __all__ = ['PITCH_L', 'PITCH_W', 'GOAL_W', 'GOAL_D', 'MARGIN_X', 'MARGIN_Y', 'TE
            'HOLD', 'LEAD', 'FLIGHT', 'PLAYER_R', 'BALL_R', 'NET_BULGE_RGB', 'QUERY', 'SPLIT_SEED', 'Pitch',
            'pitch_background', 'draw_disc', 'draw_ring', 'draw_line', 'draw_triangle', 'text_mask', 'draw_text',
            'caption_box', 'draw_caption', 'draw_border', 'draw_score', 'word_times', 'chunk_words', 'Event',
-           'script_clip', 'Sim', 'simulate', 'render_frame', 'clip_frames', 'frames_digest', 'write_mp4', 'ClipInfo',
-           'make_clip', 'annotation_line', 'write_annotations', 'windows_of', 'window_lines', 'make_dataset']
+           'start_score', 'script_clip', 'Sim', 'simulate', 'render_frame', 'clip_frames', 'frames_digest', 'write_mp4',
+           'ClipInfo', 'make_clip', 'annotation_line', 'write_annotations', 'windows_of', 'window_lines',
+           'make_dataset']
 
 # %% ../nbs/03_synth.ipynb #a434da7d
 import svlm
@@ -326,11 +327,16 @@ def _shot_dist(r:float) -> float:
     k = min(int(3*r), 2); lo, hi = ((16.0, 18.5), (21.5, 25.5), (28.5, 34.0))[k]
     return round(lo + (hi - lo)*(3*r - k), 1)
 
+def start_score(seed:int, cfg:SynthConfig) -> list[int]:
+    "The score (Red, Blue) when clip `seed` starts: each team's goals drawn from 0..`cfg.start_goals`, from the clip's own stream of draws"
+    if cfg.start_goals <= 0: return [0, 0]
+    return [int(v) for v in np.random.default_rng([seed, 3]).integers(0, cfg.start_goals + 1, 2)]
+
 def script_clip(seed:int=0, cfg:SynthConfig|None=None) -> list[Event]:
     "The events of clip `seed`: kinds, teams, times and word-timed commentary"
     cfg = cfg or SynthConfig()
     rng = np.random.default_rng(seed)
-    team, role, events, score = int(rng.integers(2)), "D", [], [0, 0]
+    team, role, events, score = int(rng.integers(2)), "D", [], start_score(seed, cfg)
     if cfg.event_rate <= 0: return events
     gap = max(cfg.min_gap, HOLD + 0.8)
     extra = max(1/cfg.event_rate - gap - 1.5, 0.25)
@@ -556,7 +562,7 @@ def simulate(events:list[Event], seed:int=0, cfg:SynthConfig|None=None) -> Sim:
     acts.sort(key=lambda a: (a[0], a[1]))
     times, P, B, S, items, k = np.arange(n)/fps, np.zeros((n, 10, 2)), np.zeros((n, 2)), np.zeros((n, 2), int), [], 0
     goals = sorted((e.arrive, TEAMS.index(e.team)) for e in events if e.kind == "goal")
-    score, g, live = np.zeros(2, int), 0, 0             # goals so far; the first event whose graphics may still be up
+    score, g, live = np.array(start_score(seed, cfg), int), 0, 0   # goals so far; the first event whose graphics may still be up
     for i, t in enumerate(times):
         while k < len(acts) and acts[k][0] <= t + 1e-9:
             acts[k][2](m, *acts[k][3:4], acts[k][0], *acts[k][4:])
