@@ -1003,6 +1003,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'svlm.train.make_step': ('train.html#make_step', 'svlm/train.py'),
                             'svlm.train.masked_loss': ('train.html#masked_loss', 'svlm/train.py'),
                             'svlm.train.memory_estimate': ('train.html#memory_estimate', 'svlm/train.py'),
+                            'svlm.train.name_ids': ('train.html#name_ids', 'svlm/train.py'),
+                            'svlm.train.name_targets': ('train.html#name_targets', 'svlm/train.py'),
                             'svlm.train.parse_model_spec': ('train.html#parse_model_spec', 'svlm/train.py'),
                             'svlm.train.plot_losses': ('train.html#plot_losses', 'svlm/train.py'),
                             'svlm.train.quantize_base': ('train.html#quantize_base', 'svlm/train.py'),

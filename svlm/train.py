@@ -5,12 +5,13 @@
 # %% auto #0
 __all__ = ['LORA_KEYS', 'ADAPTERS', 'ADAPTER_CONFIG', 'CKPT_DIR', 'LAST', 'RESUMABLE', 'window_spans', 'window_record',
            'window_records', 'Sample', 'DataSet', 'build_samples', 'FrameCache', 'Batch', 'collate', 'BatchOrder',
-           'masked_loss', 'vision_targets', 'vision_aux_loss', 'make_schedule', 'make_optimizer', 'freeze',
-           'LoRALinear', 'apply_lora', 'adapter_weights', 'quantize_base', 'save_adapters', 'load_adapted', 'fuse',
-           'make_step', 'load_any', 'save_any', 'save_checkpoint', 'find_checkpoint', 'load_checkpoint',
-           'parse_model_spec', 'build_model', 'resolve_data', 'vl_geometry', 'vl_vision', 'vl_loss', 'grad_checkpoint',
-           'memory_estimate', 'TrainingError', 'TrainResult', 'bpe_tokenizer', 'Run', 'commentary_data', 'train',
-           'launch', 'checkpoint_dir', 'checkpoint_config', 'load', 'plot_losses', 'teacher_forced_replies']
+           'masked_loss', 'vision_targets', 'name_targets', 'vision_aux_loss', 'name_ids', 'make_schedule',
+           'make_optimizer', 'freeze', 'LoRALinear', 'apply_lora', 'adapter_weights', 'quantize_base', 'save_adapters',
+           'load_adapted', 'fuse', 'make_step', 'load_any', 'save_any', 'save_checkpoint', 'find_checkpoint',
+           'load_checkpoint', 'parse_model_spec', 'build_model', 'resolve_data', 'vl_geometry', 'vl_vision', 'vl_loss',
+           'grad_checkpoint', 'memory_estimate', 'TrainingError', 'TrainResult', 'bpe_tokenizer', 'Run',
+           'commentary_data', 'train', 'launch', 'checkpoint_dir', 'checkpoint_config', 'load', 'plot_losses',
+           'teacher_forced_replies']
 
 # %% ../nbs/11_train.ipynb #7af9bfa0
 import svlm
@@ -29,7 +30,7 @@ from .core import (InputError, Config, TrainConfig, atomic_write, config_dict, T
                        peak_memory_mb, reset_peak_memory, write_jsonl, read_jsonl, read_json, with_overrides, migrate)
 from .data import StreamingRecord, load_records, convert
 from .video import read_frames
-from .tokenizer import Tokenizer, load_tokenizer, render, train_bpe
+from .tokenizer import Tokenizer, load_tokenizer, render, train_bpe, reply_text
 from .model import ModelConfig, Model, preset, save_model, load_model, read_safetensors, chunk_context
 from .video import probe, smart_resize
 from .vision import video_inputs
@@ -241,15 +242,16 @@ class BatchOrder:
         self.cursor = st["cursor"]
 
 # %% ../nbs/11_train.ipynb #20e6d8dd
-def masked_loss(model:Model, input_ids, labels, vision=None, decision_weight:float=1.0, aux_weight:float=0.0, vision_only:bool=False, aux_tokens:int=1):
-    "Mean next-token cross-entropy over positions whose label is not -100 (each reply's first token weighted `decision_weight`), plus `aux_weight` × `vision_aux_loss` over the first `aux_tokens` labels of each reply (`vision_only`: that alone); (loss, labelled tokens)"
+def masked_loss(model:Model, input_ids, labels, vision=None, decision_weight:float=1.0, aux_weight:float=0.0, vision_only:bool=False, aux_tokens:int=1,
+                aux_names=None):
+    "Mean next-token cross-entropy over positions whose label is not -100 (each reply's first token weighted `decision_weight`), plus `aux_weight` × `vision_aux_loss` over the first `aux_tokens` labels of each reply, or its `aux_names` target (`vision_only`: that alone); (loss, labelled tokens)"
     if vision is None: h = None
     else:
         feats = model.encode_video(vision) if vision.ndim == 5 else vision    # (N, n_vision, D)
-        if vision_only: return vision_aux_loss(model, input_ids, labels, feats, k=aux_tokens), (labels != -100).sum()
+        if vision_only: return vision_aux_loss(model, input_ids, labels, feats, k=aux_tokens, names=aux_names), (labels != -100).sum()
         h = model.embed_with_vision(input_ids, feats, check=False)          # (B, T, D)
     loss, n = _masked_ce(model(input_ids, input_embeddings=h), labels, decision_weight)
-    if aux_weight and vision is not None: loss = loss + aux_weight * vision_aux_loss(model, input_ids, labels, feats, k=aux_tokens)
+    if aux_weight and vision is not None: loss = loss + aux_weight * vision_aux_loss(model, input_ids, labels, feats, k=aux_tokens, names=aux_names)
     return loss, n
 
 def vision_targets(input_ids, labels, video_pad_id:int, vision_tokens:int, n:int, is_target=None, k:int=1) -> mx.array:
@@ -271,17 +273,35 @@ def vision_targets(input_ids, labels, video_pad_id:int, vision_tokens:int, n:int
     out = (mx.zeros((n + 1, k), mx.int32).at[slot].add(mx.where(first[:, None], lab + 100, 0)) - 100)[:n]
     return out[:, 0] if k == 1 else out
 
-def vision_aux_loss(model:Model, input_ids, labels, feats, ids=None, k:int=1) -> mx.array:
-    "The pooled-vision loss: each vision input's features `feats` (n, tokens, D), max-pooled and read through the output head (no new weights), predict its `vision_targets` (among the token `ids` alone, when given; each of the first `k` labels of its reply, when `k` > 1)"
+def name_targets(first, named, silence_id:int) -> mx.array:
+    "Per vision input, from its `vision_targets` `first` (any label) and `named` (name labels or the silence marker): silence where the reply is silent, else its first name; -100 for a reply that names nothing (it goes on with a sentence)"
+    return mx.where(first == silence_id, silence_id, mx.where(named == silence_id, -100, named))
+
+def vision_aux_loss(model:Model, input_ids, labels, feats, ids=None, k:int=1, names=None) -> mx.array:
+    "The pooled-vision loss: each vision input's features `feats` (n, tokens, D), max-pooled and read through the output head (no new weights), predict its `vision_targets` (among the token `ids` alone, when given; each of the first `k` labels of its reply, when `k` > 1; its `name_targets`, when `names` = (`is_name` (V,) bool, silence id) from `name_ids`)"
     c = model.config
-    if ids is not None and k != 1: raise ValueError("vision_aux_loss: ids restricts the target to one token, so k must be 1")
+    if (ids is not None or names is not None) and k != 1: raise ValueError("vision_aux_loss: ids and names choose one target per input, so k must be 1")
+    if ids is not None and names is not None: raise ValueError("vision_aux_loss: give ids or names, not both")
     tgt = vision_targets(input_ids, labels, c.video_pad_id, c.vision_tokens, feats.shape[0], None if ids is None else (labels[..., None] == ids).any(-1), k)
+    if names is not None:
+        is_name, sil = names
+        named = vision_targets(input_ids, labels, c.video_pad_id, c.vision_tokens, feats.shape[0], is_name[mx.maximum(labels, 0)] & (labels != -100))
+        tgt = name_targets(tgt, named, sil)
     z = model.head(model.model.norm(feats.max(axis=1))).astype(mx.float32)
     if ids is not None: z, tgt = z[:, ids], mx.where(tgt == -100, -100, (tgt[:, None] == ids).argmax(-1).astype(mx.int32))
-    tgt = tgt.reshape(tgt.shape[0], -1)                                                       # (n, k)
+    tgt = tgt.reshape(tgt.shape[0], k)                                                        # (n, k)
     real = tgt != -100
     ce = mx.logsumexp(z, axis=-1, keepdims=True) - mx.take_along_axis(z, mx.maximum(tgt, 0), axis=-1)
     return (ce * real).sum() / mx.maximum(real.sum(), 1)
+
+def name_ids(tok:Tokenizer) -> tuple:
+    "(`is_name`, silence id) for `vision_aux_loss(names=...)`: the ids whose text starts with a capital letter (a team, an event's first word: who and what), and the first id of the silence reply"
+    sil = tok.encode(reply_text(""))[0]
+    if tok.decode([sil]) != reply_text(""):
+        raise InputError(f"train.aux_targets=names needs a tokenizer that holds the silence reply {reply_text('')!r} as one id, as the recipe's BPE "
+                         f"does; this one starts it with {tok.decode([sil])!r}, as it starts spoken replies", field="train.aux_targets")
+    is_name = [tok.decode([i]).strip()[:1].isupper() or i == sil for i in range(tok.vocab_size)]
+    return mx.array(is_name), sil
 
 def _masked_ce(logits, labels, decision_weight:float=1.0):
     "Mean cross-entropy of logits (B, T, V) predicting labels[:, 1:] where they are not -100; (loss, labelled tokens)"
@@ -765,6 +785,7 @@ class Run:
     st: dict|None = None        # the trainer state resumed from
     ck: Path|None = None        # the checkpoint resumed from
     adapters: dict|None = None  # a LoRA run's adapter config (its checkpoints hold the adapters, not the model)
+    from_preset: bool = True    # the model was built from a preset (random weights), not loaded from a model folder
 
 def _barrier(group):
     "Wait until every process of `group` gets here"
@@ -820,7 +841,7 @@ def _setup(cfg:Config, data, resume_from, out:Path, verbose:bool, frame_cache_mb
     if st is not None:
         _check_resume(ck, st, run_cfg, len(ds), tc)
         order.state = st["data"]
-    return Run(tok, model, opt, ds, order, frames, run_cfg, n_train, st, ck, adapters)
+    return Run(tok, model, opt, ds, order, frames, run_cfg, n_train, st, ck, adapters, from_preset=not (start/"config.json").is_file())
 
 # %% ../nbs/11_train.ipynb #4c16c878
 def _micro_batches(s:Run, tc:TrainConfig, pad_id:int, n_chunks:int, rank:int=0, world:int=1):
@@ -870,13 +891,16 @@ def train(cfg:Config,                 # the run's config (train, tokenizer, vide
     vl = isinstance(model, Qwen25VL)
     n_chunks = None if vl else tc.batch_size // world * max(sm.n_chunks for sm in s.ds.samples)   # the toy pads to fixed shapes for mx.compile
     if vl and (tc.aux_weight or tc.vision_warmup): raise InputError("train.aux_weight and train.vision_warmup are for svlm's toy decoder, not Qwen2.5-VL", field="train.aux_weight")
-    warmup = 0 if tc.lora_rank or (Path(tc.model)/"config.json").is_file() else tc.vision_warmup    # a decoder that starts from random weights only
+    warmup = tc.vision_warmup if s.from_preset and not tc.lora_rank else 0       # a decoder that starts from random weights only
     if warmup >= tc.steps > start and lead:
         warnings.warn(f"train.vision_warmup={warmup} covers all {tc.steps} steps: the decoder never trains (more train.steps, or train.vision_warmup=0)")
+    if tc.aux_targets not in ("first", "names"): raise InputError(f"unknown train.aux_targets {tc.aux_targets!r}; choose first or names", field="train.aux_targets")
+    if tc.aux_targets == "names" and tc.aux_tokens != 1: raise InputError("train.aux_targets=names asks one target per chunk: set train.aux_tokens=1", field="train.aux_tokens")
+    names = name_ids(tok) if tc.aux_targets == "names" and not vl and (tc.aux_weight or warmup) else None
     step_fn = make_step(model, opt, tc.grad_clip, tc.grad_accum, tc.compile and not vl, group if world > 1 else None,
-                        vl_loss if vl else partial(masked_loss, decision_weight=tc.decision_weight, aux_weight=tc.aux_weight, aux_tokens=tc.aux_tokens))
+                        vl_loss if vl else partial(masked_loss, decision_weight=tc.decision_weight, aux_weight=tc.aux_weight, aux_tokens=tc.aux_tokens, aux_names=names))
     warm_fn = make_step(model, opt, tc.grad_clip, tc.grad_accum, tc.compile, group if world > 1 else None,
-                        partial(masked_loss, vision_only=True, aux_tokens=tc.aux_tokens)) if warmup and not vl else None
+                        partial(masked_loss, vision_only=True, aux_tokens=tc.aux_tokens, aux_names=names)) if warmup and not vl else None
     vision = (lambda mb: vl_vision(model, mb.input_ids, mb.frames, cfg.video.fps)) if vl else (lambda mb: mx.array(mb.frames))
     if verbose and lead:
         T = max(len(sm) for sm in s.ds.samples)
