@@ -805,6 +805,7 @@ def _setup(cfg:Config, data, resume_from, out:Path, verbose:bool, frame_cache_mb
     tc = cfg.train
     ck = find_checkpoint(resume_from) if resume_from is not None else None
     start = Path(tc.model)
+    from_folder = (start/"config.json").is_file()              # a model folder to load, else a preset to build
     opt = make_optimizer(tc)
     if ck is None and out.exists() and (out/LAST).exists():
         raise InputError(f"the run folder already holds checkpoints; resume it (resume_from / --resume-from {out}) or choose another train.out", out)
@@ -815,7 +816,7 @@ def _setup(cfg:Config, data, resume_from, out:Path, verbose:bool, frame_cache_mb
     if ck is not None: model, tok, st = load_checkpoint(ck, opt)
     else:
         st = None
-        if (start/"config.json").is_file():
+        if from_folder:
             model = load_any(start)
             name = "qwen" if isinstance(model, Qwen25VL) and cfg.tokenizer.name == "bytes" else cfg.tokenizer.name   # a Qwen model speaks Qwen ids
             tok = load_tokenizer(start) if any((start/f).is_file() for f in ("svlm_tokenizer.json", "tokenizer.json")) else load_tokenizer(name)
@@ -829,7 +830,7 @@ def _setup(cfg:Config, data, resume_from, out:Path, verbose:bool, frame_cache_mb
         q = quantize_base(model, tc.quantize_base) if tc.quantize_base else None
         mx.random.seed(tc.seed)
         adapters = apply_lora(model, tc.lora_rank, tc.lora_alpha, tc.lora_dropout, tc.lora_keys, tc.lora_layers, tc.lora_vision)
-        adapters.update(base_model=str(start.resolve()) if (start/"config.json").is_file() else tc.model, base_seed=tc.seed, quantization=q)
+        adapters.update(base_model=str(start.resolve()) if from_folder else tc.model, base_seed=tc.seed, quantization=q)
     elif tc.lora_rank: adapters = read_json(ck/ADAPTER_CONFIG) if (ck/ADAPTER_CONFIG).is_file() else None
     n_train = (sum(v.size for _, v in tree_flatten(model.trainable_parameters())) if adapters is not None
                else freeze(model, tc.freeze_vision, tc.freeze_decoder))
@@ -841,7 +842,7 @@ def _setup(cfg:Config, data, resume_from, out:Path, verbose:bool, frame_cache_mb
     if st is not None:
         _check_resume(ck, st, run_cfg, len(ds), tc)
         order.state = st["data"]
-    return Run(tok, model, opt, ds, order, frames, run_cfg, n_train, st, ck, adapters, from_preset=not (start/"config.json").is_file())
+    return Run(tok, model, opt, ds, order, frames, run_cfg, n_train, st, ck, adapters, from_preset=not from_folder)
 
 # %% ../nbs/11_train.ipynb #4c16c878
 def _micro_batches(s:Run, tc:TrainConfig, pad_id:int, n_chunks:int, rank:int=0, world:int=1):
