@@ -8,16 +8,16 @@ kind of event?) and ROUGE-L, and the test recomputes every figure of it from the
 reference line back from the printed side-by-side tables.
 
 No caption names the event (issue #15): the words must come from the play. With training seeds 0, 1 and 2 the
-recipe scores 0.98, 0.93 and 0.98 in the exact chunk, event accuracy 0.70, 0.63 and 0.85 and ROUGE-L 0.79, 0.71, 0.84 on
-these four clips (0.95-0.98, 0.75-0.83 and 0.68-0.75 on 16 held-out clips; nbs/11_train.ipynb, rows ng0-ng2 of the
-ablation table). Four clips hold 21 lines, so one line is 5 points of event accuracy. Training is not bitwise
-reproducible across machines (the float path of the BLAS differs; tests/conftest.py also gives OpenBLAS one thread),
-so a run here is another draw, and the single runs of the ablation table around the recipe spread from 0.76 to 0.98 in
-the exact chunk and from 0.63 to 0.86 in event accuracy: the test asks for F >= 0.7 in the exact chunk, >= 0.8 at
-+-1.5 s, the blind schedule at most 0.4 and the model at least 0.3 above it, event accuracy >= 0.5 and ROUGE-L >= 0.5.
-A model that never reads the frames fails all of them (the same model without the pooled-vision loss: exact-chunk F
-0.24, event accuracy 0.08, ROUGE-L 0.14). The training loss includes the pooled-vision loss, so it ends near 0.4-0.7
-here, from 5.4-7.0.
+recipe scores 0.98, 0.98 and 1.00 in the exact chunk, event accuracy 0.90 each and ROUGE-L 0.75, 0.74, 0.82 on these
+four clips (0.95-0.98, 0.88-0.91 and 0.70-0.77 on 16 held-out clips; nbs/11_train.ipynb, rows w0-w2 of the ablation
+table; `svlm demo` itself, seed 0 with OpenBLAS's default threads, 0.95, 0.90 and 0.72). Four clips hold 21 lines, so
+one line is 5 points of event accuracy. Training is not bitwise reproducible across machines (the float path of the
+BLAS differs; tests/conftest.py also gives OpenBLAS one thread), so a run here is another draw; the runs of the table
+around the recipe (w, ww, fl rows) spread from 0.95 to 1.00 in the exact chunk and from 0.75 to 1.00 in event accuracy
+on these clips. The test asks for F >= 0.7 in the exact chunk, >= 0.8 at +-1.5 s, the blind schedule at most 0.4 and
+the model at least 0.3 above it, event accuracy >= 0.7 and ROUGE-L >= 0.5. A model that never reads the frames fails
+all of them (the same model without the pooled-vision loss: exact-chunk F 0.24, event accuracy 0.08, ROUGE-L 0.14).
+The training loss includes the pooled-vision loss, so it ends near 0.2-0.4 here, from 5.4-7.0.
 """
 import json, re, subprocess, sys
 from pathlib import Path
@@ -32,10 +32,10 @@ def test_demo_learns_to_commentate(tmp_path):
     r = subprocess.run([str(SVLM), "demo", "--out", str(tmp_path)], capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout.strip().splitlines()[-1])
-    assert s["steps"] == 1000 and s["loss_last"] < 1.0, s
+    assert s["steps"] == 1700 and s["loss_last"] < 1.0, s
     assert s["f1_exact"] >= 0.7 and s["f1"] >= 0.8, (s, r.stdout[-3000:])
     assert s["blind_f1_exact"] <= 0.4 and s["f1_exact"] >= s["blind_f1_exact"] + 0.3, s
-    assert s["event_acc"] >= 0.5 and s["rouge_l"] >= 0.5, (s, r.stdout[-3000:])
+    assert s["event_acc"] >= 0.7 and s["rouge_l"] >= 0.5, (s, r.stdout[-3000:])
     for i in range(4):                                        # what a user gets to look at, on disk
         events = [json.loads(l) for l in open(tmp_path/f"heldout_{i}.jsonl")]
         assert events and all(e["text"].strip() for e in events)
