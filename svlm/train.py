@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['LORA_KEYS', 'ADAPTERS', 'ADAPTER_CONFIG', 'CKPT_DIR', 'LAST', 'RESUMABLE', 'window_spans', 'window_record',
            'window_records', 'Sample', 'DataSet', 'build_samples', 'FrameCache', 'Batch', 'collate', 'BatchOrder',
-           'masked_loss', 'vision_targets', 'name_targets', 'vision_aux_loss', 'name_ids', 'make_schedule',
-           'make_optimizer', 'freeze', 'LoRALinear', 'apply_lora', 'adapter_weights', 'quantize_base', 'save_adapters',
-           'load_adapted', 'fuse', 'make_step', 'load_any', 'save_any', 'save_checkpoint', 'find_checkpoint',
-           'load_checkpoint', 'parse_model_spec', 'build_model', 'resolve_data', 'vl_geometry', 'vl_vision', 'vl_loss',
-           'grad_checkpoint', 'memory_estimate', 'TrainingError', 'TrainResult', 'bpe_tokenizer', 'Run',
-           'commentary_data', 'train', 'launch', 'checkpoint_dir', 'checkpoint_config', 'load', 'plot_losses',
-           'teacher_forced_replies']
+           'masked_loss', 'vision_targets', 'sentence_targets', 'name_targets', 'vision_aux_loss', 'name_ids',
+           'word_ids', 'make_schedule', 'make_optimizer', 'freeze', 'LoRALinear', 'apply_lora', 'adapter_weights',
+           'quantize_base', 'save_adapters', 'load_adapted', 'fuse', 'make_step', 'load_any', 'save_any',
+           'save_checkpoint', 'find_checkpoint', 'load_checkpoint', 'parse_model_spec', 'build_model', 'resolve_data',
+           'vl_geometry', 'vl_vision', 'vl_loss', 'grad_checkpoint', 'memory_estimate', 'TrainingError', 'TrainResult',
+           'bpe_tokenizer', 'Run', 'commentary_data', 'train', 'launch', 'checkpoint_dir', 'checkpoint_config', 'load',
+           'plot_losses', 'teacher_forced_replies']
 
 # %% ../nbs/11_train.ipynb #7af9bfa0
 import svlm
@@ -243,16 +243,25 @@ class BatchOrder:
 
 # %% ../nbs/11_train.ipynb #20e6d8dd
 def masked_loss(model:Model, input_ids, labels, vision=None, decision_weight:float=1.0, aux_weight:float=0.0, vision_only:bool=False, aux_tokens:int=1,
-                aux_names=None):
-    "Mean next-token cross-entropy over positions whose label is not -100 (each reply's first token weighted `decision_weight`), plus `aux_weight` × `vision_aux_loss` over the first `aux_tokens` labels of each reply, or its `aux_names` target (`vision_only`: that alone); (loss, labelled tokens)"
+                aux_names=None, aux_words=None):
+    "Mean next-token cross-entropy over positions whose label is not -100 (each reply's first token weighted `decision_weight`), plus `aux_weight` × `vision_aux_loss` over the first `aux_tokens` labels of each reply, or its `aux_names` target, or its sentence's first `aux_tokens` words (`aux_words`) (`vision_only`: that alone); (loss, labelled tokens)"
     if vision is None: h = None
     else:
         feats = model.encode_video(vision) if vision.ndim == 5 else vision    # (N, n_vision, D)
-        if vision_only: return vision_aux_loss(model, input_ids, labels, feats, k=aux_tokens, names=aux_names), (labels != -100).sum()
+        if vision_only: return vision_aux_loss(model, input_ids, labels, feats, k=aux_tokens, names=aux_names, words=aux_words), (labels != -100).sum()
         h = model.embed_with_vision(input_ids, feats, check=False)          # (B, T, D)
     loss, n = _masked_ce(model(input_ids, input_embeddings=h), labels, decision_weight)
-    if aux_weight and vision is not None: loss = loss + aux_weight * vision_aux_loss(model, input_ids, labels, feats, k=aux_tokens, names=aux_names)
+    if aux_weight and vision is not None: loss = loss + aux_weight * vision_aux_loss(model, input_ids, labels, feats, k=aux_tokens, names=aux_names, words=aux_words)
     return loss, n
+
+def _per_input(input_ids, lab, video_pad_id:int, vision_tokens:int, n:int) -> mx.array:
+    "Rows of `lab` (B*T, k), one per position, taken at the first `<|video_pad|>` slot of each of the `n` vision inputs; -100 for an input with no slots"
+    k = lab.shape[-1]
+    pad = (input_ids == video_pad_id).reshape(-1)
+    s = mx.cumsum(pad.astype(mx.int32)) - 1                                                  # slot s holds feature row s: input s // vision_tokens
+    first = pad & (s % vision_tokens == 0)
+    slot = mx.where(first, s // vision_tokens, n)
+    return (mx.zeros((n + 1, k), mx.int32).at[slot].add(mx.where(first[:, None], lab + 100, 0)) - 100)[:n]
 
 def vision_targets(input_ids, labels, video_pad_id:int, vision_tokens:int, n:int, is_target=None, k:int=1) -> mx.array:
     "For each of the `n` vision inputs whose features fill a batch's `<|video_pad|>` slots in order (`vision_tokens` each): the first label at or after its slots where `is_target` (default: any label), and with `k` > 1 the labels that follow it in the same run, (n, k); -100 for an input with no slots and past a run's end"
@@ -265,24 +274,43 @@ def vision_targets(input_ids, labels, video_pad_id:int, vision_tokens:int, n:int
         lab = mx.take_along_axis(padded, mx.minimum(nxt + j, T), axis=1)
         ok = ok & (lab != -100)
         labs.append(mx.where(ok, lab, -100))
-    lab = mx.stack(labs, -1).reshape(-1, k)
-    pad = (input_ids == video_pad_id).reshape(-1)
-    s = mx.cumsum(pad.astype(mx.int32)) - 1                                                  # slot s holds feature row s: input s // vision_tokens
-    first = pad & (s % vision_tokens == 0)
-    slot = mx.where(first, s // vision_tokens, n)
-    out = (mx.zeros((n + 1, k), mx.int32).at[slot].add(mx.where(first[:, None], lab + 100, 0)) - 100)[:n]
+    out = _per_input(input_ids, mx.stack(labs, -1).reshape(-1, k), video_pad_id, vision_tokens, n)
     return out[:, 0] if k == 1 else out
+
+def sentence_targets(input_ids, labels, video_pad_id:int, vision_tokens:int, n:int, is_word, silence_id:int, k:int=4) -> mx.array:
+    "For each of the `n` vision inputs: silence (then -100) where its reply is silent, else the first `k` words (`is_word` (V,) bool) of the sentence from its reply on, read across the replies of the chunks after it up to the next silent one, (n, k); -100 past the sentence's end"
+    B, T = labels.shape
+    lab = mx.maximum(labels, 0)
+    word = is_word[lab] & (labels != -100)
+    prev = mx.concatenate([mx.full((B, 1), -100, labels.dtype), labels[:, :-1]], 1)
+    quiet = mx.cumsum(((labels == silence_id) & (prev == -100)).astype(mx.int32), axis=1)    # silent replies started so far
+    before = mx.cumsum(word.astype(mx.int32), axis=1) - word.astype(mx.int32)                 # words before each position
+    count = word.astype(mx.int32).sum(axis=1, keepdims=True)
+    ar = mx.arange(T)[None]
+    pos = mx.argsort(mx.where(word, ar, T + ar), axis=1)                                      # positions of the words in order, then the rest
+    labs = []
+    for j in range(k):
+        m = before + j
+        at = mx.take_along_axis(pos, mx.minimum(m, T - 1), axis=1)                            # where the j-th word from here is
+        ok = (m < count) & (mx.take_along_axis(quiet, at, axis=1) == quiet)                   # ... with no silent reply on the way
+        labs.append(mx.where(ok, mx.take_along_axis(labels, at, axis=1), -100))
+    lab_k = mx.stack(labs, -1).reshape(-1, k)
+    out = _per_input(input_ids, lab_k, video_pad_id, vision_tokens, n)
+    first = vision_targets(input_ids, labels, video_pad_id, vision_tokens, n)
+    sil = mx.concatenate([mx.full((n, 1), silence_id, mx.int32), mx.full((n, k - 1), -100, mx.int32)], 1)
+    return mx.where((first == silence_id)[:, None], sil, out)
 
 def name_targets(first, named, silence_id:int) -> mx.array:
     "Per vision input, from its `vision_targets` `first` (any label) and `named` (name labels or the silence marker): silence where the reply is silent, else its first name; -100 for a reply that names nothing (it goes on with a sentence)"
     return mx.where(first == silence_id, silence_id, mx.where(named == silence_id, -100, named))
 
-def vision_aux_loss(model:Model, input_ids, labels, feats, ids=None, k:int=1, names=None) -> mx.array:
-    "The pooled-vision loss: each vision input's features `feats` (n, tokens, D), max-pooled and read through the output head (no new weights), predict its `vision_targets` (among the token `ids` alone, when given; each of the first `k` labels of its reply, when `k` > 1; its `name_targets`, when `names` = (`is_name` (V,) bool, silence id) from `name_ids`)"
+def vision_aux_loss(model:Model, input_ids, labels, feats, ids=None, k:int=1, names=None, words=None) -> mx.array:
+    "The pooled-vision loss: each vision input's features `feats` (n, tokens, D), max-pooled and read through the output head (no new weights), predict its `vision_targets` (among the token `ids` alone, when given; each of the first `k` labels of its reply, when `k` > 1; its `name_targets`, when `names` = (`is_name` (V,) bool, silence id) from `name_ids`; its `sentence_targets`, when `words` = (`is_word`, silence id) from `word_ids`)"
     c = model.config
     if (ids is not None or names is not None) and k != 1: raise ValueError("vision_aux_loss: ids and names choose one target per input, so k must be 1")
-    if ids is not None and names is not None: raise ValueError("vision_aux_loss: give ids or names, not both")
-    tgt = vision_targets(input_ids, labels, c.video_pad_id, c.vision_tokens, feats.shape[0], None if ids is None else (labels[..., None] == ids).any(-1), k)
+    if sum(x is not None for x in (ids, names, words)) > 1: raise ValueError("vision_aux_loss: give one of ids, names and words")
+    if words is not None: tgt = sentence_targets(input_ids, labels, c.video_pad_id, c.vision_tokens, feats.shape[0], *words, k=k)
+    else: tgt = vision_targets(input_ids, labels, c.video_pad_id, c.vision_tokens, feats.shape[0], None if ids is None else (labels[..., None] == ids).any(-1), k)
     if names is not None:
         is_name, sil = names
         named = vision_targets(input_ids, labels, c.video_pad_id, c.vision_tokens, feats.shape[0], is_name[mx.maximum(labels, 0)] & (labels != -100))
@@ -294,14 +322,25 @@ def vision_aux_loss(model:Model, input_ids, labels, feats, ids=None, k:int=1, na
     ce = mx.logsumexp(z, axis=-1, keepdims=True) - mx.take_along_axis(z, mx.maximum(tgt, 0), axis=-1)
     return (ce * real).sum() / mx.maximum(real.sum(), 1)
 
-def name_ids(tok:Tokenizer) -> tuple:
-    "(`is_name`, silence id) for `vision_aux_loss(names=...)`: the ids whose text starts with a capital letter (a team, an event's first word: who and what), and the first id of the silence reply"
+def _silence_id(tok:Tokenizer, option:str) -> int:
+    "The one id of the silence reply, or a clear error naming `option`"
     sil = tok.encode(reply_text(""))[0]
     if tok.decode([sil]) != reply_text(""):
-        raise InputError(f"train.aux_targets=names needs a tokenizer that holds the silence reply {reply_text('')!r} as one id, as the recipe's BPE "
+        raise InputError(f"train.aux_targets={option} needs a tokenizer that holds the silence reply {reply_text('')!r} as one id, as the recipe's BPE "
                          f"does; this one starts it with {tok.decode([sil])!r}, as it starts spoken replies", field="train.aux_targets")
+    return sil
+
+def name_ids(tok:Tokenizer) -> tuple:
+    "(`is_name`, silence id) for `vision_aux_loss(names=...)`: the ids whose text starts with a capital letter (a team, an event's first word: who and what), and the first id of the silence reply"
+    sil = _silence_id(tok, "names")
     is_name = [tok.decode([i]).strip()[:1].isupper() or i == sil for i in range(tok.vocab_size)]
     return mx.array(is_name), sil
+
+def word_ids(tok:Tokenizer) -> tuple:
+    "(`is_word`, silence id) for `vision_aux_loss(words=...)`: the ids whose text holds a letter or a digit (not the silence marker, special tokens, spaces or punctuation)"
+    sil = _silence_id(tok, "sentence")
+    def is_word(text): return any(ch.isalnum() for ch in text) and not (text.startswith("<|") and text.endswith("|>"))   # not a special token
+    return mx.array([i != sil and is_word(tok.decode([i])) for i in range(tok.vocab_size)]), sil
 
 def _masked_ce(logits, labels, decision_weight:float=1.0):
     "Mean cross-entropy of logits (B, T, V) predicting labels[:, 1:] where they are not -100; (loss, labelled tokens)"
@@ -895,13 +934,15 @@ def train(cfg:Config,                 # the run's config (train, tokenizer, vide
     warmup = tc.vision_warmup if s.from_preset and not tc.lora_rank else 0       # a decoder that starts from random weights only
     if warmup >= tc.steps > start and lead:
         warnings.warn(f"train.vision_warmup={warmup} covers all {tc.steps} steps: the decoder never trains (more train.steps, or train.vision_warmup=0)")
-    if tc.aux_targets not in ("first", "names"): raise InputError(f"unknown train.aux_targets {tc.aux_targets!r}; choose first or names", field="train.aux_targets")
+    if tc.aux_targets not in ("first", "names", "sentence"): raise InputError(f"unknown train.aux_targets {tc.aux_targets!r}; choose first, names or sentence", field="train.aux_targets")
     if tc.aux_targets == "names" and tc.aux_tokens != 1: raise InputError("train.aux_targets=names asks one target per chunk: set train.aux_tokens=1", field="train.aux_tokens")
-    names = name_ids(tok) if tc.aux_targets == "names" and not vl and (tc.aux_weight or warmup) else None
+    aux_on = not vl and (tc.aux_weight or warmup)
+    names = name_ids(tok) if tc.aux_targets == "names" and aux_on else None
+    words = word_ids(tok) if tc.aux_targets == "sentence" and aux_on else None
     step_fn = make_step(model, opt, tc.grad_clip, tc.grad_accum, tc.compile and not vl, group if world > 1 else None,
-                        vl_loss if vl else partial(masked_loss, decision_weight=tc.decision_weight, aux_weight=tc.aux_weight, aux_tokens=tc.aux_tokens, aux_names=names))
+                        vl_loss if vl else partial(masked_loss, decision_weight=tc.decision_weight, aux_weight=tc.aux_weight, aux_tokens=tc.aux_tokens, aux_names=names, aux_words=words))
     warm_fn = make_step(model, opt, tc.grad_clip, tc.grad_accum, tc.compile, group if world > 1 else None,
-                        partial(masked_loss, vision_only=True, aux_tokens=tc.aux_tokens, aux_names=names)) if warmup and not vl else None
+                        partial(masked_loss, vision_only=True, aux_tokens=tc.aux_tokens, aux_names=names, aux_words=words)) if warmup and not vl else None
     vision = (lambda mb: vl_vision(model, mb.input_ids, mb.frames, cfg.video.fps)) if vl else (lambda mb: mx.array(mb.frames))
     if verbose and lead:
         T = max(len(sm) for sm in s.ds.samples)
