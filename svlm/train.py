@@ -282,10 +282,11 @@ def sentence_targets(input_ids, labels, video_pad_id:int, vision_tokens:int, n:i
     B, T = labels.shape
     lab = mx.maximum(labels, 0)
     word = is_word[lab] & (labels != -100)
+    w = word.astype(mx.int32)
     prev = mx.concatenate([mx.full((B, 1), -100, labels.dtype), labels[:, :-1]], 1)
     quiet = mx.cumsum(((labels == silence_id) & (prev == -100)).astype(mx.int32), axis=1)    # silent replies started so far
-    before = mx.cumsum(word.astype(mx.int32), axis=1) - word.astype(mx.int32)                 # words before each position
-    count = word.astype(mx.int32).sum(axis=1, keepdims=True)
+    before = mx.cumsum(w, axis=1) - w                                                          # words before each position
+    count = w.sum(axis=1, keepdims=True)
     ar = mx.arange(T)[None]
     pos = mx.argsort(mx.where(word, ar, T + ar), axis=1)                                      # positions of the words in order, then the rest
     labs = []
@@ -294,8 +295,7 @@ def sentence_targets(input_ids, labels, video_pad_id:int, vision_tokens:int, n:i
         at = mx.take_along_axis(pos, mx.minimum(m, T - 1), axis=1)                            # where the j-th word from here is
         ok = (m < count) & (mx.take_along_axis(quiet, at, axis=1) == quiet)                   # ... with no silent reply on the way
         labs.append(mx.where(ok, mx.take_along_axis(labels, at, axis=1), -100))
-    lab_k = mx.stack(labs, -1).reshape(-1, k)
-    out = _per_input(input_ids, lab_k, video_pad_id, vision_tokens, n)
+    out = _per_input(input_ids, mx.stack(labs, -1).reshape(-1, k), video_pad_id, vision_tokens, n)
     first = vision_targets(input_ids, labels, video_pad_id, vision_tokens, n)
     sil = mx.concatenate([mx.full((n, 1), silence_id, mx.int32), mx.full((n, k - 1), -100, mx.int32)], 1)
     return mx.where((first == silence_id)[:, None], sil, out)
