@@ -1128,26 +1128,30 @@ def synth_ovo_rows(seed:int,                     # the clip's seed (`SPLIT_SEED`
                    cfg:SynthConfig|None=None,    # the clip's settings (duration, event rate)
                    name:str|None=None,           # prefix of the row ids (default: the video's stem)
                    n_realtime:int=2,             # possession questions per clip
+                   at:float|None=None,           # ask only the backward questions, at this moment (None: every question, at its own)
                   ) -> list[dict]:
     "One synthetic clip's questions as OVO-Bench rows (EPM or HLD, ASI, OJR, REC, CRR), answers from its event log"
     cfg = cfg or SynthConfig()
-    events, rng, T = script_clip(seed, cfg), np.random.default_rng(seed), float(cfg.duration)
+    events, rng, T = script_clip(seed, cfg), np.random.default_rng(seed if at is None else [seed, round(at * 100)]), float(cfg.duration)
     name = name or Path(video).stem
-    rid = lambda task, k=0: f"{name}-{task}-{k}"
+    rid = lambda task, k=0: f"{name}-{task}-{k}" if at is None else f"{name}-{task}-{k}@{at:g}"
     mc = lambda task, k, r, q, opts, right: dict(id=rid(task, k), task=task, video=video, realtime=r, question=q, options=opts,
                                                   answer=right, gt=opts.index(right))
+    when = T if at is None else float(at)
+    shown = [e for e in events if e.outcome < when]              # what the video has shown by then (its outcome on screen)
     teams = [TEAMS[j] for j in rng.permutation(2)]
-    goals = [e for e in events if e.kind == "goal"]
-    rows = [mc("EPM" if goals else "HLD", 0, T, FIRST_GOAL_Q, teams + [UNABLE], goals[0].team if goals else UNABLE)]
+    goals = [e for e in shown if e.kind == "goal"]
+    rows = [mc("EPM" if goals else "HLD", 0, when, FIRST_GOAL_Q, teams + [UNABLE], goals[0].team if goals else UNABLE)]
     told = {}
-    for e in events:
+    for e in shown:
         if e.kind != "pass": told.setdefault(describe_event(e), []).append(e)
     once = [es[0] for es in told.values() if len(es) == 1]
     if len(once) >= 2:
         a, b = sorted((once[j] for j in rng.choice(len(once), 2, replace=False)), key=lambda e: e.t)
         opts = [describe_event(e) for e in (a, b)]
         rng.shuffle(opts)
-        rows.append(mc("ASI", 0, T, ORDER_Q, opts, describe_event(a)))
+        rows.append(mc("ASI", 0, when, ORDER_Q, opts, describe_event(a)))
+    if at is not None: return rows
     held = held_times(events, T, cfg.fps if cfg.fps < 2 else 2.0)
     for k, j in enumerate(sorted(rng.choice(len(held), min(n_realtime, len(held)), replace=False)) if held else []):
         r, team = held[j]
@@ -1252,6 +1256,7 @@ def qa_samples(model, tok:Tokenizer,
                n_orders:int=1,            # orderings of each multiple-choice question's options (the first is the benchmark's)
                router=None,               # the router that picks the key frames (default: `make_router(cfg.memory)`)
                seed:int=0,                # the draws of topk
+               moments=(),                # earlier moments (s) to ask the backward questions at too, truths as the log stands then
               ) -> list[QASample]:
     "The synthetic benchmark's questions over clips of the TRAINING split as training samples, each in the layout it is asked in"
     first, n_clips = int(first), _positive_int(n_clips, "n_clips")
@@ -1264,7 +1269,7 @@ def qa_samples(model, tok:Tokenizer,
         path = Path(video_dir)/video
         if not path.is_file(): make_clip(path, s, cfg.synth)
         items = []
-        for row in synth_ovo_rows(s, video, cfg.synth):
+        for row in synth_ovo_rows(s, video, cfg.synth) + [r for m in moments for r in synth_ovo_rows(s, video, cfg.synth, at=m)]:
             for r in (_orderings(row, n_orders) if row["task"] in MC_TASKS else [row]):
                 items += [(ask_moment(it.realtime), r, it) for it in ovo_items(r)]
         items.sort(key=lambda x: x[0])
