@@ -1134,7 +1134,7 @@ def synth_ovo_rows(seed:int,                     # the clip's seed (`SPLIT_SEED`
     cfg = cfg or SynthConfig()
     events, rng, T = script_clip(seed, cfg), np.random.default_rng(seed if at is None else [seed, round(at * 100)]), float(cfg.duration)
     name = name or Path(video).stem
-    rid = lambda task, k=0: f"{name}-{task}-{k}" if at is None else f"{name}-{task}-{k}@{at:g}"
+    rid = lambda task, k=0: f"{name}-{task}-{k}" + ("" if at is None else f"@{at:g}")
     mc = lambda task, k, r, q, opts, right: dict(id=rid(task, k), task=task, video=video, realtime=r, question=q, options=opts,
                                                   answer=right, gt=opts.index(right))
     when = T if at is None else float(at)
