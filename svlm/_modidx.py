@@ -514,6 +514,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'svlm.memory._mean': ('memory.html#_mean', 'svlm/memory.py'),
                              'svlm.memory._merge_closest': ('memory.html#_merge_closest', 'svlm/memory.py'),
                              'svlm.memory._mx': ('memory.html#_mx', 'svlm/memory.py'),
+                             'svlm.memory._negatives': ('memory.html#_negatives', 'svlm/memory.py'),
                              'svlm.memory._np': ('memory.html#_np', 'svlm/memory.py'),
                              'svlm.memory._orderings': ('memory.html#_orderings', 'svlm/memory.py'),
                              'svlm.memory._pairs': ('memory.html#_pairs', 'svlm/memory.py'),

@@ -161,7 +161,7 @@ def cmd_train_indexer(args):
     "Train the indexer router and print its report (loss, held-out accuracy against cos_sim_coarse) as one JSON line"
     from svlm.memory import train_indexer_from_file
     if not Path(args.pairs).is_file(): raise InputError("pairs file not found", args.pairs)
-    print(json.dumps(train_indexer_from_file(args.pairs, args.out, heldout=args.heldout, steps=args.steps)))
+    print(json.dumps(train_indexer_from_file(args.pairs, args.out, heldout=args.heldout, steps=args.steps, in_batch=args.in_batch)))
     return 0
 
 # %% ../nbs/19_cli.ipynb #658c7908
@@ -323,6 +323,8 @@ def parser() -> argparse.ArgumentParser:
     ti.add_argument("--out", required=True, help="indexer weights to write (memory.indexer=PATH uses them)")
     ti.add_argument("--steps", type=int, default=300, help="training steps")
     ti.add_argument("--heldout", type=float, default=0.2, help="share of pairs held out and scored against cos_sim_coarse")
+    ti.add_argument("--no-in-batch", dest="in_batch", action="store_false",
+                    help="rank each key frame against its own negatives alone (the file's `negatives`), not the batch's other key frames too")
     ti.set_defaults(fn=cmd_train_indexer, overrides=[])
     g = _add_common(sub.add_parser("generate", help="reply to an image or video prompt with a Qwen2.5-VL checkpoint"))
     g.add_argument("--checkpoint", required=True, help="Hugging Face Qwen2.5-VL folder or one `convert-model` wrote")

@@ -371,11 +371,25 @@ class Indexer(nn.Module):
         "(B_q, B_k) cosines of questions `q` (B_q, D) and key frames `k` (B_k, D) in the learned space"
         return self.embed_q(q) @ self.embed_k(k).T
 
-def info_nce(indexer:Indexer, q, k) -> mx.array:
-    "Symmetric InfoNCE of aligned batches: question i should pick key frame i among the batch's, and the other way round"
-    logits = indexer(q, k) / indexer.temperature
+def info_nce(indexer:Indexer, q, k,
+             negatives=None,     # (B, M, D) each question's own hard negatives: the other key frames of the memory it is asked over
+             in_batch:bool=True, # the batch's other key frames are negatives too (False, with `negatives`: its own alone)
+            ) -> mx.array:
+    "Symmetric InfoNCE of aligned batches: question i should pick key frame i among the batch's (and its own `negatives`, all-zero rows padding), and the other way round"
+    eq, ek, tau = indexer.embed_q(q), indexer.embed_k(k), indexer.temperature
+    if negatives is not None:
+        real = (negatives != 0).any(-1)                                                  # (B, M)
+        neg = mx.where(real[..., None], negatives, 1.0)                                  # padding: any non-zero row (a zero one's norm has no gradient)
+        hard = mx.where(real, (indexer.embed_k(neg) * eq[:, None]).sum(-1) / tau, -1e9)
+        if not in_batch:                                                                 # its key frame against its memory's others
+            logits = mx.concatenate([(eq * ek).sum(-1, keepdims=True) / tau, hard], axis=1)
+            return nn.losses.cross_entropy(logits, mx.zeros(q.shape[0], mx.int32), reduction="mean")
+    elif not in_batch: raise InputError("in_batch=False needs each question's own negatives", field="in_batch")
+    logits = eq @ ek.T / tau
     y = mx.arange(logits.shape[0])
-    return (nn.losses.cross_entropy(logits, y, reduction="mean") + nn.losses.cross_entropy(logits.T, y, reduction="mean")) / 2
+    k2q = nn.losses.cross_entropy(logits.T, y, reduction="mean")
+    if negatives is not None: logits = mx.concatenate([logits, hard], axis=1)
+    return (nn.losses.cross_entropy(logits, y, reduction="mean") + k2q) / 2
 
 class IndexerRouter(Router):
     "indexer: cosine of the projected mean query token and each projected pooled centroid"
@@ -386,6 +400,14 @@ class IndexerRouter(Router):
         return self.indexer.embed_k(_mx(memory.pooled)) @ self.indexer.embed_q(q.mean(axis=0))
 
 # %% ../nbs/14_memory.ipynb #a9fbd797
+def _negatives(negatives, Q) -> mx.array|None:
+    "Hard negatives (N, M, D) float32 that fit questions `Q` (N, D), or None"
+    if negatives is None: return None
+    Ng = _mx(negatives)
+    if Ng.ndim != 3 or Ng.shape[0] != Q.shape[0] or Ng.shape[2] != Q.shape[1]:
+        raise InputError(f"negatives {tuple(Ng.shape)} do not fit questions {tuple(Q.shape)}: expected (N, M, D) with N = {Q.shape[0]}, D = {Q.shape[1]}", field="negatives")
+    return Ng
+
 def _pairs(pairs) -> tuple[mx.array, mx.array]:
     "(Q, K) float32 mx arrays (N, D) from aligned arrays or from an iterable of (question, key frame) pairs"
     if isinstance(pairs, tuple) and len(pairs) == 2 and all(getattr(a, "ndim", 0) == 2 for a in pairs):
@@ -408,27 +430,36 @@ def train_indexer(pairs,                     # (Q, K) arrays (N, D) each, or an 
                   temperature:float=0.07,    # InfoNCE temperature τ
                   seed:int=0,                # batches and nothing else: the start is the identity
                   indexer:Indexer|None=None, # continue training this one
+                  negatives=None,            # (N, M, D) each pair's hard negatives, the other key frames of its memory (all-zero rows pad)
+                  in_batch:bool=True,        # the batch's other key frames are negatives too (False: a question's own negatives alone)
                  ) -> tuple:                 # (the trained `Indexer`, the loss of every step)
-    "Train W_q, W_k with InfoNCE on (question embedding, key frame) pairs"
+    "Train W_q, W_k with InfoNCE on (question embedding, key frame) pairs, against the batch's other key frames and each question's own `negatives`"
     Q, K = _pairs(pairs)
+    Ng = _negatives(negatives, Q)
+    if not in_batch and Ng is None: raise InputError("in_batch=False needs each question's own negatives", field="in_batch")
     ix = indexer or Indexer(Q.shape[1], proj_dim, temperature)
     if ix.dim != Q.shape[1]: raise InputError(f"the indexer takes width {ix.dim}, the pairs have {Q.shape[1]}", field="pairs")
     rng, B = np.random.default_rng(seed), min(_positive_int(batch_size, "batch_size"), Q.shape[0])
-    opt, step = optim.Adam(learning_rate=lr), nn.value_and_grad(ix, info_nce)
+    opt, step = optim.Adam(learning_rate=lr), nn.value_and_grad(ix, partial(info_nce, in_batch=in_batch))
     losses = []
     for _ in range(steps):
         b = mx.array(rng.choice(Q.shape[0], B, replace=False))
-        loss, grads = step(ix, Q[b], K[b])
+        loss, grads = step(ix, Q[b], K[b], None if Ng is None else Ng[b])
         opt.update(ix, grads)
         mx.eval(ix.parameters(), opt.state, loss)
         losses.append(loss.item())
     return ix, losses
 
-def pair_accuracy(Q, K, indexer:Indexer|None=None) -> float:
-    "Share of questions whose own key frame ranks first among all of `K`: by the indexer, or by plain cosine (`cos_sim_coarse`)"
+def pair_accuracy(Q, K, indexer:Indexer|None=None,
+                  negatives=None,            # (N, M, D): rank each key frame among its own negatives (its memory) instead of among all of `K`
+                 ) -> float:
+    "Share of questions whose own key frame ranks first, among all of `K` or, with `negatives`, above each of its own: by the indexer, or by plain cosine (`cos_sim_coarse`)"
     Q, K = _mx(Q), _mx(K)
-    S = indexer(Q, K) if indexer is not None else _l2n(Q) @ _l2n(K).T
-    return float((mx.argmax(S, axis=1) == mx.arange(Q.shape[0])).mean().item())
+    eq, ek = (indexer.embed_q, indexer.embed_k) if indexer is not None else (_l2n, _l2n)
+    Ng = _negatives(negatives, Q)
+    if Ng is None: return float((mx.argmax(eq(Q) @ ek(K).T, axis=1) == mx.arange(Q.shape[0])).mean().item())
+    pos, hard = (eq(Q) * ek(K)).sum(-1), (ek(Ng) * eq(Q)[:, None]).sum(-1)
+    return float(((hard < pos[:, None]) | ~(Ng != 0).any(-1)).all(-1).mean().item())
 
 # %% ../nbs/14_memory.ipynb #1f7ea79c
 _INDEXER_FORMAT = "svlm-indexer"
@@ -475,15 +506,17 @@ def route(memory:KeyFrameMemory,   # the key frames
     return make_router(strategy, indexer).route(memory, query_tokens, topk)
 
 # %% ../nbs/14_memory.ipynb #3454fae4
-def save_pairs(path, questions, key_frames) -> Path:
-    "Write (N, D) question and key-frame vectors to safetensors file `path`, atomically"
+def save_pairs(path, questions, key_frames, negatives=None) -> Path:
+    "Write (N, D) question and key-frame vectors, and optionally each question's (N, M, D) hard `negatives` (all-zero rows pad), to safetensors file `path`, atomically"
     Q, K = _mx(questions), _mx(key_frames)
     if Q.ndim != 2 or Q.shape != K.shape: raise InputError(f"questions {tuple(Q.shape)} and key frames {tuple(K.shape)} do not pair up", field="pairs")
-    with atomic_write(path, "wb") as f: mx.save_safetensors(f, {"questions": Q, "key_frames": K}, {"format": "svlm-indexer-pairs"})
+    arrays = {"questions": Q, "key_frames": K}
+    if negatives is not None: arrays["negatives"] = _negatives(negatives, Q)
+    with atomic_write(path, "wb") as f: mx.save_safetensors(f, arrays, {"format": "svlm-indexer-pairs"})
     return Path(path)
 
-def load_pairs(path) -> tuple[mx.array, mx.array]:
-    "Question and key-frame vectors (N, D) from a safetensors or `.npz` file with arrays `questions` and `key_frames`"
+def load_pairs(path) -> tuple:
+    "(questions (N, D), key frames (N, D), hard negatives (N, M, D) or None) from a safetensors or `.npz` file with arrays `questions`, `key_frames` and optionally `negatives`"
     path = Path(path)
     if path.suffix == ".npz":
         if not path.is_file(): raise InputError("file not found", path)
@@ -493,7 +526,9 @@ def load_pairs(path) -> tuple[mx.array, mx.array]:
     else: arrays = read_safetensors(path)
     for k in ("questions", "key_frames"):
         if k not in arrays: raise InputError(f"no array {k!r} (it has {', '.join(arrays) or 'none'})", path, field=k)
-    try: return _pairs((arrays["questions"], arrays["key_frames"]))
+    try:
+        Q, K = _pairs((arrays["questions"], arrays["key_frames"]))
+        return Q, K, _negatives(arrays.get("negatives"), Q)
     except InputError as e: raise InputError(e.msg, path, field=e.field) from None
 
 def train_indexer_from_file(pairs_path,             # pairs file (`load_pairs`)
@@ -502,16 +537,18 @@ def train_indexer_from_file(pairs_path,             # pairs file (`load_pairs`)
                             seed:int=0,             # the split and the batches
                             **kw,                   # `train_indexer` settings: proj_dim, steps, batch_size, lr, temperature
                            ) -> dict:
-    "Train an indexer on a pairs file, write it, and report the loss and held-out accuracy against cos_sim_coarse"
-    Q, K = load_pairs(pairs_path)
+    "Train an indexer on a pairs file, write it, and report the loss and held-out accuracy against cos_sim_coarse (each key frame ranked among its own negatives when the file has them, else among all held-out key frames)"
+    Q, K, Ng = load_pairs(pairs_path)
     N = Q.shape[0]
     n_out = min(N - 2, max(1, round(N * heldout))) if heldout > 0 else 0
     perm = np.random.default_rng(seed).permutation(N)
     tr, te = mx.array(perm[n_out:]), mx.array(perm[:n_out])
-    ix, losses = train_indexer((Q[tr], K[tr]), seed=seed, **kw)
+    sub = lambda ix: None if Ng is None else Ng[ix]
+    ix, losses = train_indexer((Q[tr], K[tr]), seed=seed, negatives=sub(tr), **kw)
     path = save_indexer(ix, out_path)
-    rep = dict(path=str(path), n_train=N - n_out, n_heldout=n_out, loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None)
-    if n_out: rep.update(heldout_acc=pair_accuracy(Q[te], K[te], ix), heldout_acc_coarse=pair_accuracy(Q[te], K[te]))
+    rep = dict(path=str(path), n_train=N - n_out, n_heldout=n_out, loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
+               ranked_among="its own negatives" if Ng is not None else "all held-out key frames")
+    if n_out: rep.update(heldout_acc=pair_accuracy(Q[te], K[te], ix, sub(te)), heldout_acc_coarse=pair_accuracy(Q[te], K[te], None, sub(te)))
     return rep
 
 # %% ../nbs/14_memory.ipynb #61c2df96
@@ -1132,6 +1169,8 @@ def synth_ovo_rows(seed:int,                     # the clip's seed (`SPLIT_SEED`
                   ) -> list[dict]:
     "One synthetic clip's questions as OVO-Bench rows (EPM or HLD, ASI, OJR, REC, CRR), answers from its event log"
     cfg = cfg or SynthConfig()
+    if at is not None and not (_is_num(at) and 0 < at <= cfg.duration):
+        raise InputError(f"the moment to ask at must be a number of seconds within the clip's (0, {cfg.duration:g}], got {at!r}", field="at")
     events, rng, T = script_clip(seed, cfg), np.random.default_rng(seed if at is None else [seed, round(at * 100)]), float(cfg.duration)
     name = name or Path(video).stem
     rid = lambda task, k=0: f"{name}-{task}-{k}" + ("" if at is None else f"@{at:g}")
@@ -1260,6 +1299,8 @@ def qa_samples(model, tok:Tokenizer,
               ) -> list[QASample]:
     "The synthetic benchmark's questions over clips of the TRAINING split as training samples, each in the layout it is asked in"
     first, n_clips = int(first), _positive_int(n_clips, "n_clips")
+    bad = [m for m in moments if not (_is_num(m) and 0 < m <= cfg.synth.duration)]
+    if bad: raise InputError(f"moments {bad} fall outside the clips' (0, {cfg.synth.duration:g}] s", field="moments")
     if first < 0 or cfg.synth.seed + first + n_clips > SPLIT_SEED["heldout"]:
         raise InputError(f"clips {first}..{first + n_clips - 1} leave the training split (its seeds end at {SPLIT_SEED['heldout']})", field="first")
     eng = MemoryEngine(model, tok, cfg, policy=SilentPolicy(), router=router)
