@@ -959,6 +959,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'svlm.train.TrainResult.metrics_path': ('train.html#trainresult.metrics_path', 'svlm/train.py'),
                             'svlm.train.TrainingError': ('train.html#trainingerror', 'svlm/train.py'),
                             'svlm.train._append_metrics': ('train.html#_append_metrics', 'svlm/train.py'),
+                            'svlm.train._aux': ('train.html#_aux', 'svlm/train.py'),
                             'svlm.train._barrier': ('train.html#_barrier', 'svlm/train.py'),
                             'svlm.train._base_model': ('train.html#_base_model', 'svlm/train.py'),
                             'svlm.train._check_model': ('train.html#_check_model', 'svlm/train.py'),

@@ -177,7 +177,7 @@ class TrainConfig:
     aux_weight: float = 0.0           # weight of the pooled-vision loss (svlm.train.vision_aux_loss): each chunk's vision features, max-pooled and read through the output head, predict the first label after them (0: off)
     vision_warmup: int = 0            # first steps on that loss alone, so features that tell chunks apart exist before the decoder settles (a model from a preset only: fine-tuning a model folder or LoRA starts on the whole loss)
     aux_tokens: int = 1               # how many of each reply's first labels that loss asks the pooled features for (1: the first; more: e.g. the team and the event's word)
-    aux_targets: str = "first"       # what each chunk's pooled features predict: its reply's first label (first), or the reply's first capitalized word, a team or an event's (names; silence stays silence, a reply that only goes on with a sentence is skipped), or the first aux_tokens words of the sentence the chunk starts or goes on with, across the next chunks up to a silent one (sentence)
+    aux_targets: str = "first"       # what each chunk's pooled features predict: its reply's first label (first), or the reply's first capitalized word, a team or an event's (names; silence stays silence, a reply that only goes on with a sentence is skipped), or the first aux_tokens words of the sentence the chunk starts or goes on with, across the next chunks up to a silent one (sentence), or both losses summed (names+sentence)
     batch_size: int = 4               # samples per step
     grad_accum: int = 1               # micro-batches per optimizer step
     steps: int = 300                  # optimizer steps
