@@ -371,6 +371,8 @@ class Indexer(nn.Module):
         "(B_q, B_k) cosines of questions `q` (B_q, D) and key frames `k` (B_k, D) in the learned space"
         return self.embed_q(q) @ self.embed_k(k).T
 
+def _real(negatives) -> mx.array: return (negatives != 0).any(-1)      # (N, M): the rows that are key frames, not all-zero padding
+
 def info_nce(indexer:Indexer, q, k,
              negatives=None,     # (B, M, D) each question's own hard negatives: the other key frames of the memory it is asked over
              in_batch:bool=True, # the batch's other key frames are negatives too (False, with `negatives`: its own alone)
@@ -378,7 +380,7 @@ def info_nce(indexer:Indexer, q, k,
     "Symmetric InfoNCE of aligned batches: question i should pick key frame i among the batch's (and its own `negatives`, all-zero rows padding), and the other way round"
     eq, ek, tau = indexer.embed_q(q), indexer.embed_k(k), indexer.temperature
     if negatives is not None:
-        real = (negatives != 0).any(-1)                                                  # (B, M)
+        real = _real(negatives)                                                          # (B, M)
         neg = mx.where(real[..., None], negatives, 1.0)                                  # padding: any non-zero row (a zero one's norm has no gradient)
         hard = mx.where(real, (indexer.embed_k(neg) * eq[:, None]).sum(-1) / tau, -1e9)
         if not in_batch:                                                                 # its key frame against its memory's others
@@ -436,7 +438,6 @@ def train_indexer(pairs,                     # (Q, K) arrays (N, D) each, or an 
     "Train W_q, W_k with InfoNCE on (question embedding, key frame) pairs, against the batch's other key frames and each question's own `negatives`"
     Q, K = _pairs(pairs)
     Ng = _negatives(negatives, Q)
-    if not in_batch and Ng is None: raise InputError("in_batch=False needs each question's own negatives", field="in_batch")
     ix = indexer or Indexer(Q.shape[1], proj_dim, temperature)
     if ix.dim != Q.shape[1]: raise InputError(f"the indexer takes width {ix.dim}, the pairs have {Q.shape[1]}", field="pairs")
     rng, B = np.random.default_rng(seed), min(_positive_int(batch_size, "batch_size"), Q.shape[0])
@@ -459,7 +460,7 @@ def pair_accuracy(Q, K, indexer:Indexer|None=None,
     Ng = _negatives(negatives, Q)
     if Ng is None: return float((mx.argmax(eq(Q) @ ek(K).T, axis=1) == mx.arange(Q.shape[0])).mean().item())
     pos, hard = (eq(Q) * ek(K)).sum(-1), (ek(Ng) * eq(Q)[:, None]).sum(-1)
-    return float(((hard < pos[:, None]) | ~(Ng != 0).any(-1)).all(-1).mean().item())
+    return float(((hard < pos[:, None]) | ~_real(Ng)).all(-1).mean().item())
 
 # %% ../nbs/14_memory.ipynb #1f7ea79c
 _INDEXER_FORMAT = "svlm-indexer"
@@ -543,7 +544,7 @@ def train_indexer_from_file(pairs_path,             # pairs file (`load_pairs`)
     n_out = min(N - 2, max(1, round(N * heldout))) if heldout > 0 else 0
     perm = np.random.default_rng(seed).permutation(N)
     tr, te = mx.array(perm[n_out:]), mx.array(perm[:n_out])
-    sub = lambda ix: None if Ng is None else Ng[ix]
+    sub = lambda rows: None if Ng is None else Ng[rows]
     ix, losses = train_indexer((Q[tr], K[tr]), seed=seed, negatives=sub(tr), **kw)
     path = save_indexer(ix, out_path)
     rep = dict(path=str(path), n_train=N - n_out, n_heldout=n_out, loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
@@ -1160,6 +1161,8 @@ def held_times(events, duration:float, fps:float=2.0) -> list[tuple[int, str]]:
     return out
 
 # %% ../nbs/14_memory.ipynb #5c7ef298
+def _in_clip(t, cfg:SynthConfig) -> bool: return _is_num(t) and 0 < t <= cfg.duration    # a moment of the clip, seconds
+
 def synth_ovo_rows(seed:int,                     # the clip's seed (`SPLIT_SEED` offsets keep splits apart)
                    video:str,                    # its path relative to the benchmark's video folder
                    cfg:SynthConfig|None=None,    # the clip's settings (duration, event rate)
@@ -1169,7 +1172,7 @@ def synth_ovo_rows(seed:int,                     # the clip's seed (`SPLIT_SEED`
                   ) -> list[dict]:
     "One synthetic clip's questions as OVO-Bench rows (EPM or HLD, ASI, OJR, REC, CRR), answers from its event log"
     cfg = cfg or SynthConfig()
-    if at is not None and not (_is_num(at) and 0 < at <= cfg.duration):
+    if at is not None and not _in_clip(at, cfg):
         raise InputError(f"the moment to ask at must be a number of seconds within the clip's (0, {cfg.duration:g}], got {at!r}", field="at")
     events, rng, T = script_clip(seed, cfg), np.random.default_rng(seed if at is None else [seed, round(at * 100)]), float(cfg.duration)
     name = name or Path(video).stem
@@ -1299,7 +1302,7 @@ def qa_samples(model, tok:Tokenizer,
               ) -> list[QASample]:
     "The synthetic benchmark's questions over clips of the TRAINING split as training samples, each in the layout it is asked in"
     first, n_clips = int(first), _positive_int(n_clips, "n_clips")
-    bad = [m for m in moments if not (_is_num(m) and 0 < m <= cfg.synth.duration)]
+    bad = [m for m in moments if not _in_clip(m, cfg.synth)]
     if bad: raise InputError(f"moments {bad} fall outside the clips' (0, {cfg.synth.duration:g}] s", field="moments")
     if first < 0 or cfg.synth.seed + first + n_clips > SPLIT_SEED["heldout"]:
         raise InputError(f"clips {first}..{first + n_clips - 1} leave the training split (its seeds end at {SPLIT_SEED['heldout']})", field="first")
